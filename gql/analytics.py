@@ -1,0 +1,154 @@
+"""Pure, vectorized pandas/numpy analytics: prices in, plain JSON-ready values out (no I/O)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+import pandas as pd
+
+from gql.data import PriceStore
+
+TRADING_DAYS_PER_YEAR = 252
+_NS_PER_DAY = 86_400 * 10**9
+
+# Changes whenever this file changes, so cached results of older code are never read back.
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+class Frequency(enum.Enum):
+    DAILY = "DAILY"
+    WEEKLY = "WEEKLY"
+    MONTHLY = "MONTHLY"
+
+
+class SeriesChart(TypedDict):
+    code: str
+    name: str
+    dates: list[str]
+    close: list[float]
+    normalized: list[float]
+    drawdown: list[float]
+    total_return: float
+    annualized_volatility: float
+    max_drawdown: float
+
+
+class Chart(TypedDict):
+    frequency: str
+    start: str
+    end: str
+    series: list[SeriesChart]
+
+
+class YearToDate(TypedDict):
+    code: str
+    name: str
+    yield_pct: float
+    base_date: str
+    base_close: float
+    last_date: str
+    last_close: float
+    base_is_first_close_of_year: bool
+
+
+class NoDataError(ValueError):
+    """The asked range or date holds no close of an index."""
+
+
+def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Frequency) -> dict:
+    """Chart points and summary statistics of one index between `start` and `end` (inclusive).
+
+    Points are the daily closes, or the last close of each calendar week (Monday to Sunday) or
+    month. `normalized` is 100 at the first point and `drawdown` is measured from the running
+    maximum of the points, so both describe the line that is drawn; `total_return` and
+    `max_drawdown` agree with those points. Volatility always uses daily log returns.
+    """
+    lo = int(closes.index.searchsorted(pd.Timestamp(start), side="left"))
+    hi = int(closes.index.searchsorted(pd.Timestamp(end), side="right"))
+    if hi <= lo:
+        raise NoDataError(f"no close between {start} and {end}")
+    days = closes.index.asi8[lo:hi] // _NS_PER_DAY
+    daily = closes.to_numpy(dtype="float64")[lo:hi]
+
+    if frequency is Frequency.DAILY:
+        keep = slice(None)
+    else:
+        period = _week_numbers(days) if frequency is Frequency.WEEKLY else _month_numbers(days)
+        keep = np.flatnonzero(np.r_[period[1:] != period[:-1], True])
+    points = daily[keep]
+    running_max = np.maximum.accumulate(points)
+    drawdown = (points / running_max - 1.0) * 100.0
+    # Exact zeros at new highs (not -0.0), so clients can test `drawdown == 0`.
+    drawdown[points == running_max] = 0.0
+
+    log_returns = np.diff(np.log(daily))
+    volatility = float(log_returns.std(ddof=1) * math.sqrt(TRADING_DAYS_PER_YEAR) * 100.0) if log_returns.size > 1 else 0.0
+    return {
+        "dates": np.datetime_as_string(days[keep].astype("datetime64[D]")).tolist(),
+        "close": points.tolist(),
+        "normalized": (points / points[0] * 100.0).tolist(),
+        "drawdown": drawdown.tolist(),
+        "total_return": float((points[-1] / points[0] - 1.0) * 100.0),
+        "annualized_volatility": volatility,
+        "max_drawdown": float(drawdown.min()),
+    }
+
+
+def _week_numbers(days: np.ndarray) -> np.ndarray:
+    # 1970-01-01 was a Thursday: shifting by 3 days makes weeks run Monday to Sunday.
+    return (days + 3) // 7
+
+
+def _month_numbers(days: np.ndarray) -> np.ndarray:
+    months = days.astype("datetime64[D]").astype("datetime64[M]")
+    return months.astype("int64")
+
+
+def year_to_date(closes: pd.Series, as_of: dt.date) -> dict:
+    """Percent change from the last close of the previous year to the last close on or before `as_of`.
+
+    An index with no close in the previous year is measured from its first close of the year,
+    and `base_is_first_close_of_year` says so.
+    """
+    index = closes.index
+    last = int(index.searchsorted(pd.Timestamp(as_of), side="right")) - 1
+    if last < 0:
+        raise NoDataError(f"no close on or before {as_of}")
+    base = int(index.searchsorted(pd.Timestamp(as_of.year, 1, 1), side="left")) - 1
+    from_this_year = base < 0
+    if from_this_year:
+        base = 0  # the first close is in as_of's year: there is no close before January 1
+    values = closes.to_numpy(dtype="float64")
+    base_close, last_close = float(values[base]), float(values[last])
+    return {
+        "yield_pct": (last_close / base_close - 1.0) * 100.0,
+        "base_date": index[base].date().isoformat(),
+        "base_close": base_close,
+        "last_date": index[last].date().isoformat(),
+        "last_close": last_close,
+        "base_is_first_close_of_year": from_this_year,
+    }
+
+
+def index_chart(store: PriceStore, codes: Sequence[str], start: dt.date, end: dt.date, frequency: Frequency) -> Chart:
+    """The chart of several indexes over one range, in the order of `codes`."""
+    series = []
+    for code in codes:
+        history = store[code]
+        chart = series_chart(history.closes, start, end, frequency)
+        series.append({"code": code, "name": history.meta.name, **chart})
+    return {"frequency": frequency.value, "start": start.isoformat(), "end": end.isoformat(), "series": series}
+
+
+def yields_this_year(store: PriceStore, codes: Sequence[str], as_of: dt.date) -> list[YearToDate]:
+    """Year-to-date yield of several indexes as of one date, in the order of `codes`."""
+    return [
+        {"code": code, "name": store[code].meta.name, **year_to_date(store[code].closes, as_of)} for code in codes
+    ]

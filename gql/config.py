@@ -1,0 +1,91 @@
+"""Settings, read once from the environment at startup and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting with its default; `from_env` reads the `GQL_*` variables and `REDIS_URL`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Connect and read bound for each Redis call, in seconds: a slow Redis must not stall requests.
+    redis_timeout: float = 0.1
+    # After a Redis failure, how long to serve from the in-process cache before trying Redis again.
+    redis_retry_seconds: float = 5.0
+    data_dir: Path | None = None
+    cache_enabled: bool = True
+    cache_prefix: str = "gql"
+    chart_ttl: float = 3600.0
+    yield_ttl: float = 43200.0
+    local_cache_entries: int = 256
+    compute_threads: int = 2
+    admin_token: str | None = None
+    graphiql: bool = True
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            name = _ENV_NAMES.get(field.name, "GQL_" + field.name.upper())
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[field.name] = _parse(name, raw.strip(), field.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = [
+            (self.port > 0 and self.port < 65536, "GQL_PORT must be between 1 and 65535"),
+            (self.workers >= 1, "GQL_WORKERS must be at least 1"),
+            (self.redis_timeout > 0, "GQL_REDIS_TIMEOUT must be a positive number of seconds"),
+            (self.redis_retry_seconds >= 0, "GQL_REDIS_RETRY_SECONDS must be >= 0"),
+            (self.chart_ttl > 0, "GQL_CHART_TTL must be a positive number of seconds"),
+            (self.yield_ttl > 0, "GQL_YIELD_TTL must be a positive number of seconds"),
+            (self.local_cache_entries >= 1, "GQL_LOCAL_CACHE_ENTRIES must be at least 1"),
+            (self.compute_threads >= 1, "GQL_COMPUTE_THREADS must be at least 1"),
+            (bool(self.cache_prefix), "GQL_CACHE_PREFIX must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+_ENV_NAMES = {"redis_url": "REDIS_URL"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(name: str, raw: str, kind: str) -> object:
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError
+        if kind == "Path | None":
+            return Path(raw).expanduser()
+    except ValueError:
+        allowed = {"int": "a whole number", "float": "a number", "bool": "true or false"}[kind]
+        raise ConfigError(f"{name}={raw!r} is not valid: expected {allowed}") from None
+    return raw

@@ -1,0 +1,226 @@
+"""Price history: the index catalogue, the normalized file format, loading and the data version."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# The ten indexes of the original dashboard, in its order.
+DEFAULT_INDEXES: tuple[tuple[str, str], ...] = (
+    ("000300", "CSI 300 (沪深300)"),
+    ("000905", "CSI 500 (中证500)"),
+    ("000922", "CSI Dividend (中证红利)"),
+    ("000932", "CSI Consumer Staples (中证消费)"),
+    ("000827", "CSI Environmental Protection (中证环保)"),
+    ("000986", "CSI All Share Energy (全指能源)"),
+    ("399971", "CSI Media (中证传媒)"),
+    ("000985", "CSI All Share (中证全指)"),
+    ("000991", "CSI All Share Health Care (全指医药)"),
+    ("HSI", "Hang Seng Index (恒生指数)"),
+)
+_DEFAULT_ORDER = {code: i for i, (code, _) in enumerate(DEFAULT_INDEXES)}
+
+SUFFIX = ".csv"
+
+
+class DataError(ValueError):
+    """Price data that cannot be used; the message names the file, the line and the problem."""
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    code: str
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class IndexHistory:
+    """One index: its metadata and daily closes (DatetimeIndex ascending and unique, float64 > 0)."""
+
+    meta: IndexMeta
+    closes: pd.Series
+
+    @property
+    def first_date(self) -> dt.date:
+        return self.closes.index[0].date()
+
+    @property
+    def last_date(self) -> dt.date:
+        return self.closes.index[-1].date()
+
+
+class PriceStore:
+    """The loaded price history of every index, in data-set order, with a version of its content."""
+
+    def __init__(self, histories: Iterable[IndexHistory]) -> None:
+        ordered = sorted(histories, key=lambda h: (_DEFAULT_ORDER.get(h.meta.code, len(_DEFAULT_ORDER)), h.meta.code))
+        if not ordered:
+            raise DataError("no index data: the data set is empty")
+        self._by_code = {h.meta.code: h for h in ordered}
+        if len(self._by_code) != len(ordered):
+            raise DataError("the data set holds the same index code twice")
+        self.codes: tuple[str, ...] = tuple(self._by_code)
+        self.version = _content_version(ordered)
+        self.first_date = min(h.first_date for h in ordered)
+        self.last_date = max(h.last_date for h in ordered)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._by_code
+
+    def __getitem__(self, code: str) -> IndexHistory:
+        return self._by_code[code]
+
+    def __iter__(self):
+        return iter(self._by_code.values())
+
+    def __len__(self) -> int:
+        return len(self._by_code)
+
+
+def make_closes(dates: Iterable, closes: Iterable[float]) -> pd.Series:
+    """A closes series in the store's canonical form (the index named `date`, the values `close`)."""
+    index = pd.DatetimeIndex(pd.to_datetime(list(dates) if not hasattr(dates, "dtype") else dates), name="date")
+    return pd.Series(np.asarray(closes, dtype="float64"), index=index.as_unit("ns"), name="close")
+
+
+def _content_version(histories: list[IndexHistory]) -> str:
+    digest = hashlib.sha256()
+    for history in histories:
+        meta = history.meta
+        digest.update(json.dumps([meta.code, meta.name, meta.source]).encode())
+        digest.update(history.closes.index.as_unit("ns").asi8.tobytes())
+        digest.update(history.closes.to_numpy(dtype="float64").tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --- the normalized file format -------------------------------------------------------------------
+#
+# One UTF-8 file per index, `<code>.csv`: a first line `# {"code": ..., "name": ..., "source": ...}`,
+# then `date,close` and one row per trading day, oldest first. Metadata and prices live in one file
+# so that an import replaces both with a single atomic rename.
+
+
+def index_file(data_dir: Path, code: str) -> Path:
+    return data_dir / f"{code}{SUFFIX}"
+
+
+def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
+    """Write atomically: a reader (or a crash) sees the old file or the new one, never a mix."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = index_file(data_dir, history.meta.code)
+    header = json.dumps(
+        {"code": history.meta.code, "name": history.meta.name, "source": history.meta.source}, ensure_ascii=False
+    )
+    dates = history.closes.index.strftime("%Y-%m-%d")
+    lines = [f"# {header}", "date,close"]
+    lines += [f"{d},{c!r}" for d, c in zip(dates, history.closes.to_numpy(dtype="float64").tolist())]
+    fd, tmp = tempfile.mkstemp(prefix=f".{history.meta.code}.", suffix=".tmp", dir=data_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_index_file(path: Path) -> IndexHistory:
+    """Read one normalized file, checking what the importer guarantees."""
+    try:
+        with path.open(encoding="utf-8") as src:
+            first = src.readline()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    if not first.startswith("# "):
+        raise DataError(f"{path}, line 1: not a normalized index file (expected a '# {{...}}' header); "
+                        "use `python -m gql import` to convert a CSV")
+    try:
+        header = json.loads(first[2:])
+        meta = IndexMeta(code=str(header["code"]), name=str(header["name"]), source=str(header["source"]))
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{path}, line 1: header must be JSON with code, name and source") from None
+    if path.name != f"{meta.code}{SUFFIX}":
+        raise DataError(f"{path}: file name does not match its code {meta.code!r}")
+    frame = pd.read_csv(path, skiprows=1, dtype={"date": str, "close": "float64"})
+    if list(frame.columns) != ["date", "close"] or frame.empty:
+        raise DataError(f"{path}, line 2: expected a 'date,close' header followed by at least one row")
+    dates = pd.to_datetime(frame["date"], format="%Y-%m-%d", errors="coerce")
+    closes = frame["close"].to_numpy()
+    bad = dates.isna().to_numpy() | ~(closes > 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}, line {row + 3}: bad date or close {frame.iloc[row].tolist()}")
+    series = make_closes(dates, closes)
+    if not series.index.is_monotonic_increasing or not series.index.is_unique:
+        raise DataError(f"{path}: dates must be unique and in ascending order")
+    return IndexHistory(meta, series)
+
+
+def load_directory(data_dir: Path) -> PriceStore:
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist; create it with `python -m gql import`")
+    files = sorted(p for p in data_dir.iterdir() if p.suffix == SUFFIX and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"data directory {data_dir} holds no index files ({SUFFIX}); "
+                        "add some with `python -m gql import FILE --code CODE --name NAME`")
+    return PriceStore(read_index_file(p) for p in files)
+
+
+def load_store(data_dir: Path | None) -> PriceStore:
+    """The configured data: the files in `data_dir`, or the built-in synthetic sample when it is None."""
+    if data_dir is None:
+        from gql.sample import generate_sample
+
+        return PriceStore(generate_sample())
+    return load_directory(data_dir)
+
+
+def directory_signature(data_dir: Path | None) -> tuple:
+    """Cheap fingerprint (names, sizes, mtimes) that changes when any index file is replaced or edited."""
+    if data_dir is None:
+        return ()
+    try:
+        entries = sorted(os.scandir(data_dir), key=lambda e: e.name)
+    except OSError:
+        return ("missing",)
+    return tuple(
+        (e.name, e.stat().st_size, e.stat().st_mtime_ns)
+        for e in entries
+        if e.name.endswith(SUFFIX) and not e.name.startswith(".")
+    )
+
+
+class PriceSource:
+    """The current PriceStore of a configuration, reloaded when the files under it change."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._signature = directory_signature(data_dir)
+        self.store = load_store(data_dir)
+
+    @property
+    def description(self) -> str:
+        return "synthetic sample" if self.data_dir is None else str(self.data_dir)
+
+    def changed(self) -> bool:
+        return directory_signature(self.data_dir) != self._signature
+
+    def reload(self) -> PriceStore:
+        """Load the files again; on a bad file the previous data stays in use and DataError is raised."""
+        signature = directory_signature(self.data_dir)
+        store = load_store(self.data_dir)
+        self.store, self._signature = store, signature
+        return store

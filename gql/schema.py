@@ -1,0 +1,424 @@
+"""GraphQL types and resolvers: argument checking, cache lookups, shaping cached values for GraphQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import hmac
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from starlette.requests import Request
+from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.types import Info
+
+from gql import analytics
+from gql.cache import CacheResult, ResultCache
+from gql.config import Settings
+from gql.data import PriceSource, PriceStore
+
+log = logging.getLogger(__name__)
+
+CHART_NAMESPACE = "indexChart"
+YIELD_NAMESPACE = "yieldThisYear"
+# How often a request may look at the data directory for changed files.
+DATA_CHECK_SECONDS = 1.0
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class UserInputError(GraphQLError):
+    """An argument the API cannot answer; the message says what was wrong and what is allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, extensions={"code": "BAD_USER_INPUT"})
+
+
+class AuthError(GraphQLError):
+    def __init__(self, message: str, code: str = "UNAUTHENTICATED") -> None:
+        super().__init__(message, extensions={"code": code})
+
+
+def _is_unexpected(error: GraphQLError) -> bool:
+    # Parse and validation errors have no original error; ours are GraphQLErrors: show both.
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
+# --- what resolvers work with -------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """What the resolvers need: settings, the price data, the cache and the pool for pandas work."""
+
+    settings: Settings
+    prices: PriceSource
+    cache: ResultCache
+    pool: Executor
+    _next_data_check: float = 0.0
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU-bound work in the pool, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(fn, *args))
+
+    async def store(self, force_check: bool = False) -> PriceStore:
+        """The current data, reloaded first if its files changed (checked at most once a second)."""
+        now = time.monotonic()
+        if force_check or now >= self._next_data_check:
+            self._next_data_check = now + DATA_CHECK_SECONDS
+            if self.prices.changed():
+                async with self._reload_lock:
+                    if self.prices.changed():
+                        await self._reload()
+        return self.prices.store
+
+    async def _reload(self) -> None:
+        from gql.data import DataError
+
+        try:
+            store = await self.run(self.prices.reload)
+            log.info("data reloaded from %s: version %s", self.prices.description, store.version)
+        except DataError as exc:
+            log.error("data not reloaded, still serving version %s: %s", self.prices.store.version, exc)
+
+
+@dataclass
+class Context:
+    request: Request
+    backend: Backend
+    cache_report: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _report(info: Info, result: CacheResult) -> None:
+    path = ".".join(str(p) for p in info.path.as_list())
+    info.context.cache_report.append(
+        {
+            "path": path,
+            "status": result.status.value,
+            "ageSeconds": round(result.age_seconds, 3),
+            "ttlSeconds": round(result.ttl_seconds, 3),
+        }
+    )
+
+
+class CacheReportExtension(SchemaExtension):
+    """Puts one `extensions.cache` entry per cached field into every response, in query order."""
+
+    def get_results(self) -> dict[str, Any]:
+        context = self.execution_context.context
+        report = list(getattr(context, "cache_report", []))
+        result = self.execution_context.result
+        data = getattr(result, "data", None)
+        if isinstance(data, dict):
+            order = {name: i for i, name in enumerate(data)}
+            report.sort(key=lambda entry: order.get(entry["path"].split(".")[0], len(order)))
+        return {"cache": report}
+
+
+# --- types --------------------------------------------------------------------------------------
+
+
+@strawberry.enum(description="Spacing of chart points: every trading day, or the last close of each week or month.")
+class Frequency(enum.Enum):
+    DAILY = "DAILY"
+    WEEKLY = "WEEKLY"
+    MONTHLY = "MONTHLY"
+
+
+@strawberry.enum(description="A cached field that refreshCache can recompute.")
+class CacheTarget(enum.Enum):
+    INDEX_CHART = "INDEX_CHART"
+    YIELD_THIS_YEAR = "YIELD_THIS_YEAR"
+
+
+@strawberry.type(description="A market index in the data set.")
+class IndexInfo:
+    code: str
+    name: str
+    source: str = strawberry.field(description="Where the prices come from: the synthetic sample or an imported file.")
+    first_date: dt.date
+    last_date: dt.date
+
+
+@strawberry.type(description="One chart point.")
+class PricePoint:
+    date: dt.date
+    close: float
+    normalized: float = strawberry.field(description="Close relative to the first point of the range, which is 100.")
+    drawdown: float = strawberry.field(description="Percent below the highest point so far in the range (<= 0).")
+
+
+@strawberry.type(description="One index's chart over the range.")
+class IndexSeries:
+    code: str
+    name: str
+    total_return: float = strawberry.field(description="Percent change from the first point to the last.")
+    annualized_volatility: float = strawberry.field(
+        description="Standard deviation of daily log returns in the range x sqrt(252), in percent; 0 with fewer than three closes."
+    )
+    max_drawdown: float = strawberry.field(description="Lowest drawdown of the points, in percent (<= 0).")
+    _value: strawberry.Private[dict[str, Any]]
+
+    @strawberry.field(description="Points in date order.")
+    def points(self) -> list[PricePoint]:
+        v = self._value
+        to_date = dt.date.fromisoformat
+        return [
+            PricePoint(date=to_date(d), close=c, normalized=n, drawdown=w)
+            for d, c, n, w in zip(v["dates"], v["close"], v["normalized"], v["drawdown"])
+        ]
+
+
+@strawberry.type(description="Chart data of several indexes over one range.")
+class IndexChart:
+    frequency: Frequency
+    start: dt.date = strawberry.field(description="First day of the range (the argument, or the first data of the indexes).")
+    end: dt.date = strawberry.field(description="Last day of the range (the argument, or the last data of the indexes).")
+    series: list[IndexSeries]
+
+
+@strawberry.type(description="Change of an index since the last close of the previous calendar year.")
+class IndexYield:
+    code: str
+    name: str
+    yield_pct: float = strawberry.field(description="Percent change from baseClose to lastClose (-8.08 means -8.08 %).")
+    base_date: dt.date
+    base_close: float
+    last_date: dt.date = strawberry.field(description="Date of the last close on or before asOf.")
+    last_close: float
+    base_is_first_close_of_year: bool = strawberry.field(
+        description="True when the index has no close in the previous year, so the base is its first close of this year."
+    )
+
+
+@strawberry.type
+class RefreshedField:
+    target: CacheTarget
+    duration_ms: float
+
+
+@strawberry.type
+class RefreshResult:
+    refreshed: list[RefreshedField]
+
+
+# --- argument checking --------------------------------------------------------------------------
+
+
+def resolve_codes(store: PriceStore, codes: Sequence[str] | None) -> tuple[str, ...]:
+    """Codes to answer for, in the order asked; null means every index in data-set order."""
+    if codes is None:
+        return store.codes
+    if not codes:
+        raise UserInputError("codes is an empty list; pass null (or leave it out) for all indexes, or name some")
+    known = {code.upper(): code for code in store.codes}
+    resolved, unknown, seen = [], [], set()
+    for raw in codes:
+        code = known.get(raw.strip().upper())
+        if code is None:
+            unknown.append(raw)
+        elif code in seen:
+            raise UserInputError(f"index code {raw!r} is asked for twice; list each code once")
+        else:
+            seen.add(code)
+            resolved.append(code)
+    if unknown:
+        names = ", ".join(repr(u) for u in unknown)
+        raise UserInputError(f"unknown index code{'s' if len(unknown) > 1 else ''} {names}; known codes: {', '.join(store.codes)}")
+    return tuple(resolved)
+
+
+def resolve_range(
+    store: PriceStore, codes: Sequence[str], start: dt.date | None, end: dt.date | None
+) -> tuple[dt.date, dt.date]:
+    """The range to chart: the given bounds clipped to the data of these indexes (or the whole of it)."""
+    if start is not None and end is not None and start > end:
+        raise UserInputError(f"start {start} is after end {end}; start must be on or before end")
+    first = min(store[c].first_date for c in codes)
+    last = max(store[c].last_date for c in codes)
+    lo = first if start is None else max(start, first)
+    hi = last if end is None else min(end, last)
+    if lo > hi:
+        raise UserInputError(f"the range {start or first} to {end or last} holds no data; the data runs from {first} to {last}")
+    empty = [c for c in codes if store[c].last_date < lo or store[c].first_date > hi]
+    if empty:
+        spans = "; ".join(f"{c} has data from {store[c].first_date} to {store[c].last_date}" for c in empty)
+        raise UserInputError(f"no closes between {lo} and {hi} for {', '.join(empty)} ({spans})")
+    return lo, hi
+
+
+def resolve_as_of(store: PriceStore, codes: Sequence[str], as_of: dt.date | None) -> dt.date:
+    """The date to measure at; a date after the data but in the same year means the latest close."""
+    last = max(store[c].last_date for c in codes)
+    if as_of is None:
+        return last
+    first = min(store[c].first_date for c in codes)
+    if as_of < first:
+        raise UserInputError(f"asOf {as_of} is before the first data ({first}); use a date from {first} on")
+    if as_of > last:
+        if as_of.year != last.year:
+            raise UserInputError(
+                f"asOf {as_of} is in a year with no data yet; the latest close is on {last}: use a date up to {dt.date(last.year, 12, 31)}"
+            )
+        return last
+    missing = [c for c in codes if store[c].first_date > as_of]
+    if missing:
+        spans = "; ".join(f"{c} starts on {store[c].first_date}" for c in missing)
+        raise UserInputError(f"no close on or before asOf {as_of} for {', '.join(missing)} ({spans})")
+    return as_of
+
+
+# --- resolvers ----------------------------------------------------------------------------------
+
+
+async def _chart(backend: Backend, codes: tuple[str, ...], start: dt.date, end: dt.date, frequency: Frequency, store: PriceStore) -> CacheResult:
+    parts = {
+        "codes": codes, "start": start.isoformat(), "end": end.isoformat(), "frequency": frequency.value,
+        "data": store.version, "code": analytics.CODE_VERSION,
+    }
+    compute = partial(backend.run, analytics.index_chart, store, codes, start, end, analytics.Frequency[frequency.value])
+    return await backend.cache.get_or_compute(CHART_NAMESPACE, parts, backend.settings.chart_ttl, compute)
+
+
+async def _yields(backend: Backend, codes: tuple[str, ...], as_of: dt.date, store: PriceStore) -> CacheResult:
+    parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": analytics.CODE_VERSION}
+    compute = partial(backend.run, analytics.yields_this_year, store, codes, as_of)
+    return await backend.cache.get_or_compute(YIELD_NAMESPACE, parts, backend.settings.yield_ttl, compute)
+
+
+def _chart_type(value: dict[str, Any]) -> IndexChart:
+    return IndexChart(
+        frequency=Frequency(value["frequency"]),
+        start=dt.date.fromisoformat(value["start"]),
+        end=dt.date.fromisoformat(value["end"]),
+        series=[
+            IndexSeries(
+                code=s["code"], name=s["name"], total_return=s["total_return"],
+                annualized_volatility=s["annualized_volatility"], max_drawdown=s["max_drawdown"], _value=s,
+            )
+            for s in value["series"]
+        ],
+    )
+
+
+def _yield_type(row: dict[str, Any]) -> IndexYield:
+    return IndexYield(
+        code=row["code"], name=row["name"], yield_pct=row["yield_pct"],
+        base_date=dt.date.fromisoformat(row["base_date"]), base_close=row["base_close"],
+        last_date=dt.date.fromisoformat(row["last_date"]), last_close=row["last_close"],
+        base_is_first_close_of_year=row["base_is_first_close_of_year"],
+    )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Every index in the data set, in data-set order.")
+    async def indexes(self, info: Info) -> list[IndexInfo]:
+        store = await info.context.backend.store()
+        return [
+            IndexInfo(code=h.meta.code, name=h.meta.name, source=h.meta.source, first_date=h.first_date, last_date=h.last_date)
+            for h in store
+        ]
+
+    @strawberry.field(
+        description="Chart data per index (cached). codes: null means all, in data-set order; start/end default to the "
+        "whole history and are clipped to the data."
+    )
+    async def index_chart(
+        self,
+        info: Info,
+        codes: list[str] | None = None,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        frequency: Frequency = Frequency.DAILY,
+    ) -> IndexChart:
+        backend: Backend = info.context.backend
+        store = await backend.store()
+        resolved = resolve_codes(store, codes)
+        lo, hi = resolve_range(store, resolved, start, end)
+        result = await _chart(backend, resolved, lo, hi, frequency, store)
+        _report(info, result)
+        return _chart_type(result.value)
+
+    @strawberry.field(
+        description="Year-to-date change per index (cached). asOf defaults to the latest date in the data; a later "
+        "date in the same year means the latest close."
+    )
+    async def yield_this_year(
+        self, info: Info, codes: list[str] | None = None, as_of: dt.date | None = None
+    ) -> list[IndexYield]:
+        backend: Backend = info.context.backend
+        store = await backend.store()
+        resolved = resolve_codes(store, codes)
+        date = resolve_as_of(store, resolved, as_of)
+        result = await _yields(backend, resolved, date, store)
+        _report(info, result)
+        return [_yield_type(row) for row in result.value]
+
+
+def _check_admin(info: Info) -> None:
+    token = info.context.backend.settings.admin_token
+    if not token:
+        raise AuthError(
+            "refreshCache is disabled: no admin token is configured. Start the server with GQL_ADMIN_TOKEN set, "
+            "then send 'Authorization: Bearer <token>'",
+            code="FORBIDDEN",
+        )
+    header = info.context.request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    # Compare in constant time, and the same way for every kind of wrong header.
+    expected = f"bearer {token}".encode()
+    if not hmac.compare_digest(f"{scheme.lower()} {given.strip()}".encode(), expected):
+        raise AuthError("refreshCache needs the header 'Authorization: Bearer <admin token>'; the token given is missing or wrong")
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Recompute cached fields now (all when targets is null). Needs 'Authorization: Bearer <GQL_ADMIN_TOKEN>'. "
+        "Reloads changed data files first; afterwards no answer holds a value computed before the call."
+    )
+    async def refresh_cache(self, info: Info, targets: list[CacheTarget] | None = None) -> RefreshResult:
+        _check_admin(info)
+        backend: Backend = info.context.backend
+        chosen = list(dict.fromkeys(targets)) if targets else list(CacheTarget)
+        store = await backend.store(force_check=True)
+        refreshed = []
+        for target in chosen:
+            began = time.perf_counter()
+            if target is CacheTarget.INDEX_CHART:
+                await backend.cache.invalidate(CHART_NAMESPACE)
+                lo, hi = resolve_range(store, store.codes, None, None)
+                await _chart(backend, store.codes, lo, hi, Frequency.DAILY, store)
+            else:
+                await backend.cache.invalidate(YIELD_NAMESPACE)
+                await _yields(backend, store.codes, resolve_as_of(store, store.codes, None), store)
+            refreshed.append(RefreshedField(target=target, duration_ms=(time.perf_counter() - began) * 1000.0))
+        client = info.context.request.client
+        log.warning(
+            "cache refreshed: targets=%s client=%s durations_ms=%s",
+            ",".join(t.value for t in chosen), client.host if client else "unknown",
+            ",".join(f"{r.duration_ms:.1f}" for r in refreshed),
+        )
+        return RefreshResult(refreshed=refreshed)
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[
+        CacheReportExtension,
+        MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error; the server log has the details"),
+    ],
+)
