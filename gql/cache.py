@@ -14,7 +14,7 @@ import enum
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +117,8 @@ class ResultCache:
         self._local_generations: dict[str, int] = {}
         self._flights: dict[tuple[str, int, bool], asyncio.Task] = {}
         self._bad_keys_logged: set[str] = set()
+        # Computations actually run, per namespace (joined callers of a shared one do not count).
+        self.computations: Counter[str] = Counter()
 
     @property
     def state(self) -> CacheState:
@@ -130,6 +132,7 @@ class ResultCache:
     ) -> CacheResult:
         """The cached value for these arguments, computing and storing it on a miss."""
         if self._state is CacheState.DISABLED:
+            self.computations[namespace] += 1
             return CacheResult(await compute(), CacheStatus.BYPASS, 0.0, 0.0)
         key = cache_key(self.config.prefix, namespace, parts)
         use_redis = await self._redis_available()
@@ -189,6 +192,7 @@ class ResultCache:
     async def _compute_and_store(
         self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], use_redis: bool
     ) -> Any:
+        self.computations[namespace] += 1
         value = await compute()
         entry = _Entry(generation, self._clock(), ttl, value)
         if use_redis and self._state is CacheState.OK:

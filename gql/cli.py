@@ -78,7 +78,10 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     dropped = f", {report.dropped_duplicates} repeated rows dropped" if report.dropped_duplicates else ""
-    print(f"imported {report.rows} closes of {report.code} ({report.first_date} to {report.last_date}) into {report.path}{dropped}")
+    print(
+        f"imported {report.rows} closes of {report.code} ({report.first_date} to {report.last_date}) into {report.path}"
+        f"{dropped}; read column {report.date_column!r} as dates ({report.date_format}) and {report.close_column!r} as closes"
+    )
     return 0
 
 

@@ -419,6 +419,6 @@ schema = strawberry.Schema(
     mutation=Mutation,
     extensions=[
         CacheReportExtension,
-        MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error; the server log has the details"),
+        lambda: MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error; the server log has the details"),
     ],
 )

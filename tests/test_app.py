@@ -1,0 +1,372 @@
+"""The GraphQL API through the real Starlette app (in-process ASGI) with a real Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from gql import analytics
+from gql.app import create_app
+from gql.config import Settings
+from tests.conftest import with_settings
+
+CHART = "query($codes: [String!], $start: Date, $end: Date, $f: Frequency! = DAILY) { indexChart(codes: $codes, start: $start, end: $end, frequency: $f) { frequency start end series { code name totalReturn annualizedVolatility maxDrawdown points { date close normalized drawdown } } } }"
+YIELD = "query($codes: [String!], $asOf: Date) { yieldThisYear(codes: $codes, asOf: $asOf) { code name yieldPct baseDate baseClose lastDate lastClose baseIsFirstCloseOfYear } }"
+REFRESH = "mutation($t: [CacheTarget!]) { refreshCache(targets: $t) { refreshed { target durationMs } } }"
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def gql(client: TestClient, query: str, headers: dict | None = None, **variables) -> dict:
+    response = client.post("/graphql", json={"query": query, "variables": variables}, headers=headers or {})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def statuses(body: dict) -> list[str]:
+    return [entry["status"] for entry in body["extensions"]["cache"]]
+
+
+def computations(client: TestClient) -> dict:
+    return dict(client.app.state.backend.cache.computations)
+
+
+# --- queries and the cache ------------------------------------------------------------------------
+
+
+def test_indexes_lists_the_ten_with_synthetic_source(client):
+    body = gql(client, "{ indexes { code name source firstDate lastDate } }")
+    indexes = body["data"]["indexes"]
+    assert [i["code"] for i in indexes] == [
+        "000300", "000905", "000922", "000932", "000827", "000986", "399971", "000985", "000991", "HSI"
+    ]
+    assert indexes[0]["name"] == "CSI 300 (沪深300)"
+    assert all("synthetic" in i["source"] for i in indexes)
+    assert body["extensions"]["cache"] == []
+
+
+def test_second_query_is_a_hit_with_the_same_data(client):
+    first = gql(client, CHART)
+    second = gql(client, CHART)
+    assert statuses(first) == ["MISS"] and statuses(second) == ["HIT"]
+    assert second["data"] == first["data"]
+    assert len(first["data"]["indexChart"]["series"]) == 10
+    entry = second["extensions"]["cache"][0]
+    assert entry["path"] == "indexChart" and 0 <= entry["ageSeconds"] < 60
+    assert entry["ttlSeconds"] == pytest.approx(3600 - entry["ageSeconds"], abs=0.01)
+    assert computations(client) == {"indexChart": 1}
+
+
+def test_yield_hit_matches_miss_and_reports_ttl(client):
+    first, second = gql(client, YIELD), gql(client, YIELD)
+    assert statuses(first) == ["MISS"] and statuses(second) == ["HIT"]
+    assert first["data"] == second["data"]
+    assert first["extensions"]["cache"][0]["ttlSeconds"] == 43200
+
+
+def test_cache_report_has_an_entry_per_field_with_aliases_in_query_order(client):
+    body = gql(client, "{ b: yieldThisYear { code } a: indexChart(frequency: MONTHLY) { start } c: yieldThisYear(codes: [\"HSI\"]) { code } }")
+    assert [e["path"] for e in body["extensions"]["cache"]] == ["b", "a", "c"]
+
+
+def test_equivalent_arguments_share_one_entry(client):
+    store = client.app.state.backend.prices.store
+    gql(client, CHART)
+    # Defaults written out, dates beyond the data, lower case codes: all the same question.
+    explicit = gql(client, CHART, codes=[c.lower() for c in store.codes], start="1990-01-01", end="2099-12-31", f="DAILY")
+    assert statuses(explicit) == ["HIT"]
+    gql(client, YIELD)
+    same_year_later = store.last_date.replace(month=12, day=31).isoformat()
+    assert statuses(gql(client, YIELD, asOf=store.last_date.isoformat())) == ["HIT"]
+    assert statuses(gql(client, YIELD, asOf=same_year_later)) == ["HIT"]
+    assert computations(client) == {"indexChart": 1, "yieldThisYear": 1}
+
+
+def test_distinct_arguments_are_distinct_entries(client):
+    variants = [
+        {}, {"codes": ["HSI"]}, {"codes": ["HSI", "000300"]}, {"codes": ["000300", "HSI"]},
+        {"start": "2020-01-01"}, {"end": "2020-01-01"}, {"f": "WEEKLY"}, {"f": "MONTHLY"},
+    ]
+    for variables in variants:
+        assert statuses(gql(client, CHART, **variables)) == ["MISS"], variables
+    assert computations(client) == {"indexChart": len(variants)}
+
+
+def test_codes_come_back_in_the_order_asked(client):
+    body = gql(client, YIELD, codes=["HSI", "000905", "000300"])
+    assert [r["code"] for r in body["data"]["yieldThisYear"]] == ["HSI", "000905", "000300"]
+
+
+def test_chart_values_are_the_analytics_of_the_data(client):
+    store = client.app.state.backend.prices.store
+    body = gql(client, CHART, codes=["000905"], start="2015-06-01", end="2015-12-31", f="WEEKLY")
+    series = body["data"]["indexChart"]["series"][0]
+    expected = analytics.series_chart(store["000905"].closes, store.first_date.replace(2015, 6, 1), store.first_date.replace(2015, 12, 31), analytics.Frequency.WEEKLY)
+    assert [p["date"] for p in series["points"]] == expected["dates"]
+    assert [p["close"] for p in series["points"]] == expected["close"]
+    assert series["points"][0]["normalized"] == 100
+    assert series["maxDrawdown"] == expected["max_drawdown"] <= 0
+    assert body["data"]["indexChart"]["start"] == "2015-06-01"
+
+
+def test_pandas_runs_off_the_event_loop(client, monkeypatch):
+    threads = []
+    original = analytics.index_chart
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(analytics, "index_chart", recording)
+    gql(client, CHART, codes=["HSI"])
+    assert threads and all(name.startswith("gql-compute") for name in threads)
+    gql(client, CHART, codes=["HSI"])
+    assert len(threads) == 1  # the hit did no pandas work
+
+
+def test_ttl_expiry_recomputes(settings):
+    with TestClient(create_app(with_settings(settings, yield_ttl=0.3))) as client:
+        assert statuses(gql(client, YIELD)) == ["MISS"]
+        assert statuses(gql(client, YIELD)) == ["HIT"]
+        import time
+
+        time.sleep(0.45)
+        assert statuses(gql(client, YIELD)) == ["MISS"]
+        assert computations(client) == {"yieldThisYear": 2}
+
+
+def test_disabled_cache_reports_bypass(settings):
+    with TestClient(create_app(with_settings(settings, cache_enabled=False))) as client:
+        assert statuses(gql(client, YIELD)) == ["BYPASS"]
+        assert statuses(gql(client, YIELD)) == ["BYPASS"]
+
+
+# --- refreshCache ---------------------------------------------------------------------------------
+
+
+def test_refresh_recomputes_every_variant_and_warms_the_defaults(client):
+    gql(client, CHART)
+    gql(client, CHART, codes=["HSI"], f="MONTHLY")  # a non-default variant
+    gql(client, YIELD, asOf="2024-06-28")
+    before = computations(client)
+    body = gql(client, REFRESH, headers=ADMIN)
+    refreshed = body["data"]["refreshCache"]["refreshed"]
+    assert [r["target"] for r in refreshed] == ["INDEX_CHART", "YIELD_THIS_YEAR"]
+    assert all(r["durationMs"] > 0 for r in refreshed)
+    # The defaults were recomputed by the refresh itself, so the next dashboard load is a hit ...
+    assert computations(client) == {k: v + 1 for k, v in before.items()}
+    assert statuses(gql(client, CHART)) == ["HIT"]
+    assert statuses(gql(client, YIELD)) == ["HIT"]
+    # ... and every other variant is recomputed on its next use, never served from before the refresh.
+    assert statuses(gql(client, CHART, codes=["HSI"], f="MONTHLY")) == ["REFRESHED"]
+    assert statuses(gql(client, YIELD, asOf="2024-06-28")) == ["REFRESHED"]
+
+
+def test_refresh_of_one_target_leaves_the_other(client):
+    gql(client, CHART, codes=["HSI"])
+    gql(client, YIELD, codes=["HSI"])
+    body = gql(client, REFRESH, headers=ADMIN, t=["YIELD_THIS_YEAR"])
+    assert [r["target"] for r in body["data"]["refreshCache"]["refreshed"]] == ["YIELD_THIS_YEAR"]
+    assert statuses(gql(client, CHART, codes=["HSI"])) == ["HIT"]
+    assert statuses(gql(client, YIELD, codes=["HSI"])) == ["REFRESHED"]
+
+
+def test_refresh_reaches_other_workers_sharing_redis(settings):
+    # Two app instances (as two uvicorn workers) on one Redis: a refresh through one is seen by the other.
+    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+        gql(one, YIELD, asOf="2023-03-01")
+        assert statuses(gql(two, YIELD, asOf="2023-03-01")) == ["HIT"]
+        gql(one, REFRESH, headers=ADMIN)
+        assert statuses(gql(two, YIELD, asOf="2023-03-01")) == ["REFRESHED"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer test-admin-toke"},
+        {"Authorization": "Bearer test-admin-token-and-more"},
+        {"Authorization": "Basic test-admin-token"},
+        {"Authorization": "test-admin-token"},
+        {"Authorization": "Bearer"},
+    ],
+)
+def test_refresh_refused_without_the_right_token(client, headers):
+    gql(client, YIELD)
+    body = gql(client, REFRESH, headers=headers)
+    assert body["data"] is None
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "UNAUTHENTICATED"
+    assert "Authorization: Bearer" in error["message"] and "test-admin-token" not in error["message"]
+    assert statuses(gql(client, YIELD)) == ["HIT"]  # nothing was refreshed
+
+
+def test_refresh_disabled_without_a_configured_token(settings):
+    with TestClient(create_app(with_settings(settings, admin_token=None))) as client:
+        body = gql(client, REFRESH, headers={"Authorization": "Bearer anything"})
+        [error] = body["errors"]
+        assert "GQL_ADMIN_TOKEN" in error["message"] and error["extensions"]["code"] == "FORBIDDEN"
+
+
+def test_refresh_picks_up_changed_data_files(settings, tmp_path):
+    from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
+
+    def write(last_close: float) -> None:
+        closes = make_closes(["2023-12-29", "2024-01-02", "2024-01-03"], [100.0, 101.0, last_close])
+        write_index_file(tmp_path, IndexHistory(IndexMeta("TEST", "Test index", "imported from test.csv"), closes))
+
+    write(110.0)
+    with TestClient(create_app(with_settings(settings, data_dir=tmp_path))) as client:
+        assert gql(client, YIELD)["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(10.0)
+        write(120.0)
+        gql(client, REFRESH, headers=ADMIN)
+        body = gql(client, YIELD)
+        assert statuses(body) == ["HIT"]
+        assert body["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(20.0)
+
+
+# --- Redis going away -----------------------------------------------------------------------------
+
+
+def test_redis_stopped_mid_test_then_back(settings, own_redis):
+    with TestClient(create_app(with_settings(settings, redis_url=own_redis.url))) as client:
+        first = gql(client, YIELD)
+        assert client.get("/healthz").json()["cache"]["state"] == "ok"
+        own_redis.stop()
+        during = gql(client, YIELD)
+        assert during["data"] == first["data"] and "errors" not in during
+        assert statuses(gql(client, YIELD)) == ["HIT"]  # from the in-process cache
+        health = client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "degraded" and health.json()["cache"]["state"] == "degraded"
+        own_redis.start()
+        import time
+
+        time.sleep(0.3)
+        assert client.get("/healthz").json()["cache"]["state"] == "ok"
+        assert statuses(gql(client, YIELD)) == ["MISS"]  # the restarted Redis is empty: used again
+        assert statuses(gql(client, YIELD)) == ["HIT"]
+
+
+def test_starts_and_answers_with_no_redis_at_all(settings):
+    from tests.conftest import free_port
+
+    dead = with_settings(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(dead)) as client:
+        assert client.get("/healthz").json()["cache"]["state"] == "degraded"
+        assert statuses(gql(client, YIELD)) == ["MISS"]
+        assert statuses(gql(client, YIELD)) == ["HIT"]
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "variables", "expected"),
+    [
+        (CHART, {"codes": ["NOPE1", "000300", "NOPE2"]}, ["unknown index codes 'NOPE1', 'NOPE2'", "known codes: 000300, 000905"]),
+        (YIELD, {"codes": ["XYZ"]}, ["unknown index code 'XYZ'", "HSI"]),
+        (CHART, {"codes": []}, ["empty list", "null"]),
+        (CHART, {"codes": ["HSI", "hsi"]}, ["twice"]),
+        (CHART, {"start": "2020-02-01", "end": "2020-01-01"}, ["start 2020-02-01 is after end 2020-01-01"]),
+        (CHART, {"start": "2099-01-01"}, ["holds no data", "2005-01-04"]),
+        (CHART, {"end": "1999-01-01"}, ["holds no data"]),
+        (YIELD, {"asOf": "1999-12-31"}, ["before the first data", "2005-01-04"]),
+        (YIELD, {"asOf": "2099-06-30"}, ["no data yet", "latest close"]),
+    ],
+)
+def test_bad_arguments_get_clear_errors(client, query, variables, expected):
+    response = client.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] is None
+    [error] = body["errors"]
+    for text in expected:
+        assert text in error["message"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("value", ["2020-13-01", "yesterday", "2020/01/01", "", "2020-02-30"])
+def test_malformed_dates_get_clear_errors(client, value):
+    response = client.post("/graphql", json={"query": CHART, "variables": {"start": value}})
+    assert response.status_code < 500
+    body = response.json()
+    assert body["errors"] and "Traceback" not in response.text
+    message = body["errors"][0]["message"]
+    assert "Date" in message and value in message
+
+
+def test_malformed_date_literal_in_the_query(client):
+    response = client.post("/graphql", json={"query": '{ yieldThisYear(asOf: "2024-02-31") { code } }'})
+    assert response.status_code < 500
+    assert "2024-02-31" in response.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"query": "{ nope }"},
+        {"query": "{ indexChart(frequency: HOURLY) { start } }"},
+        {"query": "{ yieldThisYear { "},
+        {"query": ""},
+        {},
+        {"query": CHART, "variables": {"codes": "000300", "f": 3}},
+    ],
+)
+def test_malformed_requests_never_give_a_500(client, payload):
+    response = client.post("/graphql", json=payload)
+    assert 400 <= response.status_code < 500 or (response.status_code == 200 and response.json()["errors"])
+    assert "Traceback" not in response.text
+
+
+def test_not_json_body_is_a_400(client):
+    response = client.post("/graphql", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "Traceback" not in response.text
+
+
+def test_unexpected_errors_are_masked(client, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(analytics, "yields_this_year", broken)
+    response = client.post("/graphql", json={"query": YIELD})
+    assert response.status_code == 200
+    assert "secret internal detail" not in response.text
+    assert response.json()["errors"][0]["message"].startswith("Internal error")
+
+
+# --- HTTP surface ---------------------------------------------------------------------------------
+
+
+def test_queries_over_get(client):
+    response = client.get("/graphql", params={"query": "{ yieldThisYear(codes: [\"HSI\"]) { code yieldPct } }"})
+    assert response.status_code == 200
+    assert response.json()["data"]["yieldThisYear"][0]["code"] == "HSI"
+
+
+def test_mutations_are_refused_over_get(client):
+    response = client.get("/graphql", params={"query": "mutation { refreshCache { refreshed { target } } }"}, headers=ADMIN)
+    assert 400 <= response.status_code < 500
+
+
+def test_graphiql_for_browsers(client):
+    response = client.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status_code == 200 and "graphiql" in response.text.lower()
+    assert client.get("/", follow_redirects=False).headers["location"] == "/graphql"
+
+
+def test_healthz_reports_data_and_cache(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["cache"]["state"] == "ok"
+    assert health["data"]["indexes"] == 10 and health["data"]["source"] == "synthetic sample"
+    assert len(health["data"]["version"]) == 16

@@ -1,0 +1,216 @@
+"""ResultCache against real redis-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+
+from gql.cache import CacheConfig, CacheState, CacheStatus, ResultCache, cache_key
+
+pytestmark = pytest.mark.anyio
+
+PARTS = {"codes": ["000300"], "asOf": "2024-05-06"}
+
+
+def make_cache(url: str, **changes) -> ResultCache:
+    config = dict(redis_url=url, prefix=f"t-{uuid.uuid4().hex[:8]}", retry_seconds=0.1)
+    config.update(changes)
+    return ResultCache(CacheConfig(**config))
+
+
+class Computation:
+    """A computation that counts its runs and can be held at a gate."""
+
+    def __init__(self, value=None) -> None:
+        self.runs = 0
+        self.value = value
+        self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
+
+    async def __call__(self):
+        self.runs += 1
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return self.value if self.value is not None else {"run": self.runs, "x": [1.5, 2.25]}
+
+
+async def test_hit_returns_exactly_what_the_miss_returned(redis_server):
+    cache = make_cache(redis_server.url)
+    compute = Computation({"nested": {"a": [1.0, 0.1 + 0.2, -8.08]}, "s": "沪深300", "flag": True})
+    first = await cache.get_or_compute("ns", PARTS, 60, compute)
+    second = await cache.get_or_compute("ns", PARTS, 60, compute)
+    assert first.status is CacheStatus.MISS and second.status is CacheStatus.HIT
+    assert second.value == first.value and compute.runs == 1
+    assert 0 <= second.age_seconds < 5 and second.ttl_seconds == pytest.approx(60 - second.age_seconds)
+    await cache.close()
+
+
+async def test_ttl_expiry_recomputes(redis_server):
+    cache = make_cache(redis_server.url)
+    compute = Computation()
+    await cache.get_or_compute("ns", PARTS, 0.3, compute)
+    assert (await cache.get_or_compute("ns", PARTS, 0.3, compute)).status is CacheStatus.HIT
+    await asyncio.sleep(0.45)
+    again = await cache.get_or_compute("ns", PARTS, 0.3, compute)
+    assert again.status is CacheStatus.MISS and compute.runs == 2
+    await cache.close()
+
+
+async def test_entry_lives_in_redis_with_the_ttl(redis_server):
+    cache = make_cache(redis_server.url)
+    await cache.get_or_compute("ns", PARTS, 120, Computation())
+    key = cache_key(cache.config.prefix, "ns", PARTS)
+    assert 110_000 < redis_server.client().pttl(key) <= 120_000
+    await cache.close()
+
+
+async def test_other_arguments_are_other_keys_and_key_order_does_not_matter(redis_server):
+    cache = make_cache(redis_server.url)
+    compute = Computation()
+    await cache.get_or_compute("ns", {"a": 1, "b": 2}, 60, compute)
+    assert (await cache.get_or_compute("ns", {"b": 2, "a": 1}, 60, compute)).status is CacheStatus.HIT
+    assert (await cache.get_or_compute("ns", {"a": 1, "b": 3}, 60, compute)).status is CacheStatus.MISS
+    assert (await cache.get_or_compute("other", {"a": 1, "b": 2}, 60, compute)).status is CacheStatus.MISS
+    assert compute.runs == 3
+    await cache.close()
+
+
+def test_keys_hold_no_user_text():
+    key = cache_key("gql", "ns", {"codes": ["'; FLUSHALL; --", "x" * 500]})
+    assert "FLUSHALL" not in key and len(key) < 80
+
+
+async def test_concurrent_misses_share_one_computation(redis_server):
+    cache = make_cache(redis_server.url)
+    compute = Computation()
+    compute.gate = asyncio.Event()
+    calls = [asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute)) for _ in range(20)]
+    await compute.started.wait()
+    compute.gate.set()
+    results = await asyncio.gather(*calls)
+    assert compute.runs == 1 and cache.computations["ns"] == 1
+    assert all(r.value == results[0].value for r in results)
+    await cache.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_computation(redis_server):
+    cache = make_cache(redis_server.url)
+    compute = Computation()
+    compute.gate = asyncio.Event()
+    first = asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute))
+    second = asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute))
+    await compute.started.wait()
+    first.cancel()
+    compute.gate.set()
+    assert (await second).value == {"run": 1, "x": [1.5, 2.25]}
+    assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
+    assert compute.runs == 1
+    await cache.close()
+
+
+async def test_invalidate_makes_every_variant_stale(redis_server):
+    cache = make_cache(redis_server.url)
+    compute = Computation()
+    for day in ("2024-01-02", "2024-03-04"):
+        await cache.get_or_compute("ns", {"asOf": day}, 60, compute)
+    await cache.get_or_compute("kept", PARTS, 60, compute)
+    await cache.invalidate("ns")
+    for day in ("2024-01-02", "2024-03-04"):
+        result = await cache.get_or_compute("ns", {"asOf": day}, 60, compute)
+        assert result.status is CacheStatus.REFRESHED and result.value["run"] > 3
+    assert (await cache.get_or_compute("kept", PARTS, 60, compute)).status is CacheStatus.HIT
+    await cache.close()
+
+
+async def test_a_computation_started_before_invalidate_does_not_store_its_value(redis_server):
+    cache = make_cache(redis_server.url)
+    slow = Computation({"computed": "before refresh"})
+    slow.gate = asyncio.Event()
+    in_flight = asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, slow))
+    await slow.started.wait()
+    await cache.invalidate("ns")
+    fresh = await cache.get_or_compute("ns", PARTS, 60, Computation({"computed": "after refresh"}))
+    assert fresh.value == {"computed": "after refresh"}
+    slow.gate.set()
+    await in_flight
+    again = await cache.get_or_compute("ns", PARTS, 60, Computation({"computed": "third"}))
+    assert again.status is CacheStatus.HIT and again.value == {"computed": "after refresh"}
+    await cache.close()
+
+
+async def test_a_corrupt_entry_is_a_miss_and_is_overwritten(redis_server, caplog):
+    cache = make_cache(redis_server.url)
+    key = cache_key(cache.config.prefix, "ns", PARTS)
+    client = redis_server.client()
+    for junk in (b"\x00not json", b'{"f": 1, "g": 0}', b"[1, 2, 3]"):
+        client.set(key, junk)
+        with caplog.at_level(logging.WARNING, logger="gql.cache"):
+            result = await cache.get_or_compute("ns", PARTS, 60, Computation({"ok": True}))
+        assert result.status is CacheStatus.MISS and result.value == {"ok": True}
+        assert (await cache.get_or_compute("ns", PARTS, 60, Computation())).status is CacheStatus.HIT
+    assert sum("cannot be decoded" in r.message for r in caplog.records) == 1  # logged once per key
+    await cache.close()
+
+
+async def test_disabled_cache_bypasses_redis(redis_server):
+    cache = make_cache(redis_server.url, enabled=False)
+    compute = Computation()
+    for _ in range(2):
+        result = await cache.get_or_compute("ns", PARTS, 60, compute)
+        assert result.status is CacheStatus.BYPASS
+    assert compute.runs == 2 and cache.state is CacheState.DISABLED
+    assert not redis_server.client().keys(f"{cache.config.prefix}:*")
+    await cache.close()
+
+
+async def test_redis_stopped_then_back(own_redis):
+    cache = make_cache(own_redis.url)
+    compute = Computation()
+    await cache.get_or_compute("ns", PARTS, 60, compute)
+    own_redis.stop()
+    # Still answering: computed once, then served from the in-process cache.
+    down1 = await cache.get_or_compute("ns", PARTS, 60, compute)
+    down2 = await cache.get_or_compute("ns", PARTS, 60, compute)
+    assert cache.state is CacheState.DEGRADED
+    assert down1.status is CacheStatus.MISS and down2.status is CacheStatus.HIT and compute.runs == 2
+    own_redis.start()  # same port, empty
+    await asyncio.sleep(0.15)
+    back = await cache.get_or_compute("ns", PARTS, 60, compute)
+    assert cache.state is CacheState.OK and back.status is CacheStatus.MISS
+    assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
+    assert own_redis.client().keys(f"{cache.config.prefix}:entry:*")
+    await cache.close()
+
+
+async def test_frozen_redis_costs_one_short_timeout(own_redis):
+    cache = make_cache(own_redis.url, timeout=0.1, retry_seconds=30)
+    compute = Computation()
+    await cache.get_or_compute("ns", PARTS, 60, compute)
+    own_redis.freeze()
+    try:
+        # A hang guard, not a speed test: redis-py's defaults (5 s timeouts, retries) would exceed it.
+        result = await asyncio.wait_for(cache.get_or_compute("ns", PARTS, 60, compute), timeout=3)
+        assert result.value is not None and cache.state is CacheState.DEGRADED
+        # While the retry period runs, Redis is not asked at all.
+        assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
+    finally:
+        own_redis.thaw()
+    await cache.close()
+
+
+async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis):
+    cache = make_cache(own_redis.url)
+    await cache.get_or_compute("ns", PARTS, 60, Computation({"old": True}))
+    own_redis.freeze()
+    try:
+        await cache.invalidate("ns")
+    finally:
+        own_redis.thaw()
+    await asyncio.sleep(0.15)
+    after = await cache.get_or_compute("ns", PARTS, 60, Computation({"new": True}))
+    assert after.value == {"new": True} and after.status is CacheStatus.REFRESHED
+    await cache.close()
