@@ -74,7 +74,7 @@ def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Fre
     hi = int(closes.index.searchsorted(pd.Timestamp(end), side="right"))
     if hi <= lo:
         raise NoDataError(f"no close between {start} and {end}")
-    days = closes.index.asi8[lo:hi] // _NS_PER_DAY
+    days = closes.index.as_unit("ns").asi8[lo:hi] // _NS_PER_DAY
     daily = closes.to_numpy(dtype="float64")[lo:hi]
 
     if frequency is Frequency.DAILY:
@@ -121,10 +121,15 @@ def year_to_date(closes: pd.Series, as_of: dt.date) -> dict:
     last = int(index.searchsorted(pd.Timestamp(as_of), side="right")) - 1
     if last < 0:
         raise NoDataError(f"no close on or before {as_of}")
-    base = int(index.searchsorted(pd.Timestamp(as_of.year, 1, 1), side="left")) - 1
-    from_this_year = base < 0
+    first_of_year = int(index.searchsorted(pd.Timestamp(as_of.year, 1, 1), side="left"))
+    base = first_of_year - 1
+    from_this_year = base < 0 or index[base].year != as_of.year - 1
     if from_this_year:
-        base = 0  # the first close is in as_of's year: there is no close before January 1
+        # No close in the previous year (the index starts this year, or has a gap): measure from
+        # the first close of this year.
+        if first_of_year > last:
+            raise NoDataError(f"no close in {as_of.year - 1} nor in {as_of.year} up to {as_of}")
+        base = first_of_year
     values = closes.to_numpy(dtype="float64")
     base_close, last_close = float(values[base]), float(values[last])
     return {
@@ -142,13 +147,21 @@ def index_chart(store: PriceStore, codes: Sequence[str], start: dt.date, end: dt
     series = []
     for code in codes:
         history = store[code]
-        chart = series_chart(history.closes, start, end, frequency)
+        try:
+            chart = series_chart(history.closes, start, end, frequency)
+        except NoDataError as exc:
+            raise NoDataError(f"index {code}: {exc}") from None
         series.append({"code": code, "name": history.meta.name, **chart})
     return {"frequency": frequency.value, "start": start.isoformat(), "end": end.isoformat(), "series": series}
 
 
 def yields_this_year(store: PriceStore, codes: Sequence[str], as_of: dt.date) -> list[YearToDate]:
     """Year-to-date yield of several indexes as of one date, in the order of `codes`."""
-    return [
-        {"code": code, "name": store[code].meta.name, **year_to_date(store[code].closes, as_of)} for code in codes
-    ]
+    rows = []
+    for code in codes:
+        try:
+            ytd = year_to_date(store[code].closes, as_of)
+        except NoDataError as exc:
+            raise NoDataError(f"index {code}: {exc}") from None
+        rows.append({"code": code, "name": store[code].meta.name, **ytd})
+    return rows

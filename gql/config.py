@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -50,7 +51,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        finite = all(math.isfinite(v) for v in (self.redis_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl))
         checks = [
+            (finite, "GQL_REDIS_TIMEOUT, GQL_REDIS_RETRY_SECONDS, GQL_CHART_TTL and GQL_YIELD_TTL must be finite numbers"),
+            (self.log_level.lower() in _LOG_LEVELS, f"GQL_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}"),
             (self.port > 0 and self.port < 65536, "GQL_PORT must be between 1 and 65535"),
             (self.workers >= 1, "GQL_WORKERS must be at least 1"),
             (self.redis_timeout > 0, "GQL_REDIS_TIMEOUT must be a positive number of seconds"),
@@ -67,6 +71,7 @@ class Settings:
 
 
 _ENV_NAMES = {"redis_url": "REDIS_URL"}
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -86,6 +91,6 @@ def _parse(name: str, raw: str, kind: str) -> object:
         if kind == "Path | None":
             return Path(raw).expanduser()
     except ValueError:
-        allowed = {"int": "a whole number", "float": "a number", "bool": "true or false"}[kind]
+        allowed = {"int": "a whole number", "float": "a number", "bool": "true/false, yes/no, on/off or 1/0"}[kind]
         raise ConfigError(f"{name}={raw!r} is not valid: expected {allowed}") from None
     return raw

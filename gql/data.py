@@ -130,6 +130,8 @@ def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
             out.write("\n".join(lines) + "\n")
             out.flush()
             os.fsync(out.fileno())
+        # mkstemp makes the file private (0600); the server may run as another user than the import.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -154,18 +156,26 @@ def read_index_file(path: Path) -> IndexHistory:
         raise DataError(f"{path}, line 1: header must be JSON with code, name and source") from None
     if path.name != f"{meta.code}{SUFFIX}":
         raise DataError(f"{path}: file name does not match its code {meta.code!r}")
-    frame = pd.read_csv(path, skiprows=1, dtype={"date": str, "close": "float64"})
+    try:
+        # Blank lines kept (as empty rows) so that row numbers stay line numbers.
+        frame = pd.read_csv(path, skiprows=1, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
     if list(frame.columns) != ["date", "close"] or frame.empty:
         raise DataError(f"{path}, line 2: expected a 'date,close' header followed by at least one row")
     dates = pd.to_datetime(frame["date"], format="%Y-%m-%d", errors="coerce")
-    closes = frame["close"].to_numpy()
-    bad = dates.isna().to_numpy() | ~(closes > 0)
+    closes = pd.to_numeric(frame["close"], errors="coerce").to_numpy(dtype="float64")
+    bad = dates.isna().to_numpy() | ~(np.isfinite(closes) & (closes > 0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}, line {row + 3}: bad date or close {frame.iloc[row].tolist()}")
+        raise DataError(f"{path}, line {row + 3}: bad date or close {frame.iloc[row].tolist()}; "
+                        "expected YYYY-MM-DD and a positive number")
     series = make_closes(dates, closes)
-    if not series.index.is_monotonic_increasing or not series.index.is_unique:
-        raise DataError(f"{path}: dates must be unique and in ascending order")
+    steps = np.diff(series.index.asi8)
+    if (steps <= 0).any():
+        row = int(np.flatnonzero(steps <= 0)[0]) + 1
+        raise DataError(f"{path}, line {row + 3}: date {frame['date'].iloc[row]} is not after the line before; "
+                        "dates must be unique and in ascending order")
     return IndexHistory(meta, series)
 
 

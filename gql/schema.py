@@ -288,13 +288,21 @@ async def _chart(backend: Backend, codes: tuple[str, ...], start: dt.date, end: 
         "data": store.version, "code": analytics.CODE_VERSION,
     }
     compute = partial(backend.run, analytics.index_chart, store, codes, start, end, analytics.Frequency[frequency.value])
-    return await backend.cache.get_or_compute(CHART_NAMESPACE, parts, backend.settings.chart_ttl, compute)
+    return await _cached(backend, CHART_NAMESPACE, parts, backend.settings.chart_ttl, compute)
 
 
 async def _yields(backend: Backend, codes: tuple[str, ...], as_of: dt.date, store: PriceStore) -> CacheResult:
     parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": analytics.CODE_VERSION}
     compute = partial(backend.run, analytics.yields_this_year, store, codes, as_of)
-    return await backend.cache.get_or_compute(YIELD_NAMESPACE, parts, backend.settings.yield_ttl, compute)
+    return await _cached(backend, YIELD_NAMESPACE, parts, backend.settings.yield_ttl, compute)
+
+
+async def _cached(backend: Backend, namespace: str, parts: dict[str, Any], ttl: float, compute: Callable) -> CacheResult:
+    try:
+        return await backend.cache.get_or_compute(namespace, parts, ttl, compute)
+    except analytics.NoDataError as exc:
+        # Argument checks catch almost every case first; this is a gap inside one index's data.
+        raise UserInputError(f"{exc}; choose other dates") from None
 
 
 def _chart_type(value: dict[str, Any]) -> IndexChart:
