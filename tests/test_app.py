@@ -370,3 +370,35 @@ def test_healthz_reports_data_and_cache(client):
     assert health["status"] == "ok" and health["cache"]["state"] == "ok"
     assert health["data"]["indexes"] == 10 and health["data"]["source"] == "synthetic sample"
     assert len(health["data"]["version"]) == 16
+
+
+def test_changed_data_files_are_served_without_a_refresh(settings, tmp_path):
+    from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
+    from gql.schema import DATA_CHECK_SECONDS
+
+    def write(last_close: float) -> None:
+        closes = make_closes(["2023-12-29", "2024-01-02"], [100.0, last_close])
+        write_index_file(tmp_path, IndexHistory(IndexMeta("TEST", "Test index", "imported from test.csv"), closes))
+
+    write(105.0)
+    with TestClient(create_app(with_settings(settings, data_dir=tmp_path))) as client:
+        assert gql(client, YIELD)["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(5.0)
+        write(95.0)
+        import time
+
+        time.sleep(DATA_CHECK_SECONDS + 0.1)
+        body = gql(client, YIELD)
+        # New data, new version, new key: computed afresh, never the old value.
+        assert statuses(body) == ["MISS"]
+        assert body["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(-5.0)
+
+
+def test_serve_refuses_a_bad_data_dir_with_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "GQL_DATA_DIR": str(tmp_path / "missing")}
+    result = subprocess.run([sys.executable, "-m", "gql", "serve"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "python -m gql import" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,106 @@
+"""The service as a user runs it: `python -m gql serve` in its own processes, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "e2e-token"
+
+
+@pytest.fixture
+def server(redis_server) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "GQL_CACHE_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
+        "GQL_ADMIN_TOKEN": TOKEN,
+        "GQL_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gql", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start:\n{process.stdout.read().decode()}")
+        time.sleep(0.1)
+    yield base
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def post(base: str, query: str, headers: dict | None = None) -> dict:
+    response = httpx.post(f"{base}/graphql", json={"query": query}, headers=headers or {}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_readme_flow_over_http(server):
+    query = "{ yieldThisYear { code yieldPct baseDate lastDate } indexChart(frequency: WEEKLY) { series { code points { date normalized } } } }"
+    first = post(server, query)
+    assert [e["status"] for e in first["extensions"]["cache"]] == ["MISS", "MISS"]
+    assert len(first["data"]["yieldThisYear"]) == 10
+    # Two workers share Redis: whichever answers, the second request is a hit with the same data.
+    for _ in range(4):
+        again = post(server, query)
+        assert [e["status"] for e in again["extensions"]["cache"]] == ["HIT", "HIT"]
+        assert again["data"] == first["data"]
+    refused = post(server, "mutation { refreshCache { refreshed { target } } }")
+    assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    refreshed = post(server, "mutation { refreshCache { refreshed { target durationMs } } }", {"Authorization": f"Bearer {TOKEN}"})
+    assert [r["target"] for r in refreshed["data"]["refreshCache"]["refreshed"]] == ["INDEX_CHART", "YIELD_THIS_YEAR"]
+    after = post(server, query)
+    # The default yield was warmed by the refresh; the weekly chart is a non-default variant.
+    assert [e["status"] for e in after["extensions"]["cache"]] == ["HIT", "REFRESHED"]
+
+
+def test_health_and_get_queries(server):
+    health = httpx.get(f"{server}/healthz").json()
+    assert health["status"] == "ok" and health["data"]["indexes"] == 10
+    response = httpx.get(f"{server}/graphql", params={"query": "{ indexes { code source } }"})
+    assert response.status_code == 200 and response.json()["data"]["indexes"][9]["code"] == "HSI"
+
+
+def test_import_then_serve_real_layouts(tmp_path):
+    fixtures = ROOT / "tests" / "fixtures"
+    for file, code, name in [("sh000300.csv", "000300", "CSI 300"), ("HSI.csv", "HSI", "Hang Seng Index")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "gql", "import", str(fixtures / file), "--code", code, "--name", name, "--data-dir", str(tmp_path)],
+            cwd=ROOT, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"of {code}" in result.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,close\n2020-01-02,1\n2020-01-02,2\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.csv") if p != bad}
+    result = subprocess.run(
+        [sys.executable, "-m", "gql", "import", str(bad), "--code", "HSI", "--name", "x", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 1 and "line 3" in result.stderr and "Traceback" not in result.stderr
+    bad.unlink()
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.csv")} == before
