@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -50,7 +50,7 @@ def wait_until(check, what: str, seconds: float = 60) -> None:
     raise SystemExit(f"{what} did not come up within {seconds:.0f} s")
 
 
-def timed(client: httpx.Client, query: str, variables: dict) -> tuple[float, dict, int]:
+def timed(client: httpx2.Client, query: str, variables: dict) -> tuple[float, dict, int]:
     began = time.perf_counter()
     response = client.post("/graphql", json={"query": query, "variables": variables})
     elapsed = time.perf_counter() - began
@@ -85,7 +85,7 @@ def main() -> int:
     server = subprocess.Popen([sys.executable, "-m", "gql", "serve", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             wait_until(lambda: client.get("/healthz").status_code == 200, "the server")
             last = dt.date.fromisoformat(client.get("/healthz").json()["data"]["lastDate"])
             rows = run(client, last, args.hits, args.colds)
@@ -101,7 +101,7 @@ def main() -> int:
     return 0
 
 
-def run(client: httpx.Client, last: dt.date, hits: int, colds: int) -> list[dict]:
+def run(client: httpx2.Client, last: dt.date, hits: int, colds: int) -> list[dict]:
     # Baseline: the same server answering a request that does no GraphQL and no cache work.
     for _ in range(20):
         client.get("/healthz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -95,8 +96,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _in_pool(pool: ThreadPoolExecutor, fn, *args):
-    import asyncio
-
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 

@@ -23,7 +23,7 @@ from strawberry.types import Info
 from gql import analytics
 from gql.cache import CacheResult, ResultCache
 from gql.config import Settings
-from gql.data import PriceSource, PriceStore
+from gql.data import DataError, PriceSource, PriceStore
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ class Backend:
         return self.prices.store
 
     async def _reload(self) -> None:
-        from gql.data import DataError
-
         try:
             store = await self.run(self.prices.reload)
             log.info("data reloaded from %s: version %s", self.prices.description, store.version)
@@ -422,7 +420,13 @@ class Mutation:
         return RefreshResult(refreshed=refreshed)
 
 
-schema = strawberry.Schema(
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Bad input is the client's business, answered in the response; only our own failures are logged.
+        super().process_errors([e for e in errors if _is_unexpected(e)], execution_context)
+
+
+schema = _Schema(
     query=Query,
     mutation=Mutation,
     extensions=[

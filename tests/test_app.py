@@ -402,3 +402,32 @@ def test_serve_refuses_a_bad_data_dir_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "python -m gql import" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_input_is_not_logged_as_a_server_error_but_failures_are(client, caplog, monkeypatch):
+    import logging
+
+    with caplog.at_level(logging.ERROR):
+        gql(client, YIELD, codes=["NOPE"])
+        gql(client, REFRESH)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    def broken(*args):
+        raise RuntimeError("boom in analytics")
+
+    monkeypatch.setattr(analytics, "yields_this_year", broken)
+    with caplog.at_level(logging.ERROR):
+        gql(client, YIELD, asOf="2020-05-05")
+    assert any("boom in analytics" in (r.getMessage() + str(r.exc_info)) for r in caplog.records)
+
+
+def test_redis_outage_logs_one_warning(settings, own_redis, caplog):
+    import logging
+
+    with TestClient(create_app(with_settings(settings, redis_url=own_redis.url, redis_retry_seconds=0))) as client:
+        gql(client, YIELD)
+        own_redis.stop()
+        with caplog.at_level(logging.WARNING, logger="gql.cache"):
+            for day in ("2020-01-06", "2020-01-07", "2020-01-08", "2020-01-09"):
+                assert "errors" not in gql(client, YIELD, asOf=day)
+        assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1

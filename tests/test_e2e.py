@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import free_port
@@ -37,9 +37,9 @@ def server(redis_server) -> Iterator[str]:
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
                 break
-        except httpx.TransportError:
+        except httpx2.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
@@ -54,7 +54,7 @@ def server(redis_server) -> Iterator[str]:
 
 
 def post(base: str, query: str, headers: dict | None = None) -> dict:
-    response = httpx.post(f"{base}/graphql", json={"query": query}, headers=headers or {}, timeout=60)
+    response = httpx2.post(f"{base}/graphql", json={"query": query}, headers=headers or {}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -79,9 +79,9 @@ def test_readme_flow_over_http(server):
 
 
 def test_health_and_get_queries(server):
-    health = httpx.get(f"{server}/healthz").json()
+    health = httpx2.get(f"{server}/healthz").json()
     assert health["status"] == "ok" and health["data"]["indexes"] == 10
-    response = httpx.get(f"{server}/graphql", params={"query": "{ indexes { code source } }"})
+    response = httpx2.get(f"{server}/graphql", params={"query": "{ indexes { code source } }"})
     assert response.status_code == 200 and response.json()["data"]["indexes"][9]["code"] == "HSI"
 
 
