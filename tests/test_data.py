@@ -307,32 +307,21 @@ def test_table_header_and_rows_are_required(tmp_path: Path, body: str):
     assert str(path) in str(caught.value)
 
 
-# Known gaps in read_index_file: each of these inputs should give a DataError naming the file and line.
-
-
-def test_non_numeric_close_is_a_data_error(tmp_path: Path):
-    path = write_raw(tmp_path, "XYZ", "date,close\n2024-01-02,1.0\n2024-01-03,n/a?\n")
-    with pytest.raises(DataError, match="line 4"):
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("date,close\n2024-01-02,1.0\n2024-01-03,n/a?\n", "line 4:"),  # not a number
+        ("", "line 2:"),  # only the metadata line
+        ("date,close\n2024-01-02,1.0\n2024-01-03,inf\n", "line 4:"),  # not finite
+        # A normalized file has no blank lines: the blank line itself (line 4) is the problem reported.
+        ("date,close\n2024-01-02,1.0\n\n2024-01-03,-1.0\n", "line 4:"),
+    ],
+)
+def test_malformed_rows_are_data_errors_naming_the_line(tmp_path: Path, body: str, line: str):
+    path = write_raw(tmp_path, "XYZ", body)
+    with pytest.raises(DataError, match=line) as caught:
         read_index_file(path)
-
-
-def test_header_only_file_is_a_data_error(tmp_path: Path):
-    path = write_raw(tmp_path, "XYZ", "")
-    with pytest.raises(DataError, match="line 2"):
-        read_index_file(path)
-
-
-def test_infinite_close_is_rejected(tmp_path: Path):
-    path = write_raw(tmp_path, "XYZ", "date,close\n2024-01-02,1.0\n2024-01-03,inf\n")
-    with pytest.raises(DataError, match="line 4"):
-        read_index_file(path)
-
-
-def test_line_numbers_count_blank_lines(tmp_path: Path):
-    # A normalized file has no blank lines: the blank line itself (line 4) is the problem reported.
-    path = write_raw(tmp_path, "XYZ", "date,close\n2024-01-02,1.0\n\n2024-01-03,-1.0\n")
-    with pytest.raises(DataError, match="line 4:"):
-        read_index_file(path)
+    assert str(path) in str(caught.value)
 
 
 # --- load_directory and load_store ----------------------------------------------------------------
