@@ -8,17 +8,24 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
 from gql import __version__
 from gql.cache import CacheConfig, CacheState, ResultCache
 from gql.config import Settings
 from gql.data import PriceSource
-from gql.schema import Backend, Context, schema
+from gql.logs import REQUEST_ID_HEADER, new_request_id, request_id
+from gql.schema import Backend, Context, build_schema
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             CacheConfig(
                 redis_url=settings.redis_url, prefix=settings.cache_prefix, timeout=settings.redis_timeout,
                 retry_seconds=settings.redis_retry_seconds, local_entries=settings.local_cache_entries,
-                enabled=settings.cache_enabled,
+                enabled=settings.cache_enabled, max_entry_bytes=settings.cache_max_entry_bytes,
             )
         )
         try:
@@ -81,18 +88,113 @@ def create_app(settings: Settings | None = None) -> Starlette:
             }
         )
 
+    async def metrics_endpoint(request: Request) -> Response:
+        await request.app.state.backend.cache.check()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     async def home(request: Request) -> RedirectResponse:
         return RedirectResponse("/graphql")
 
-    graphql = _GraphQLApp(schema, graphql_ide="graphiql" if settings.graphiql else None)
+    graphql = _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None)
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.trusted_host_list != ["*"]:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_host_list))
+    if settings.cors_origin_list:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Age", "ETag"],
+                max_age=600,
+            )
+        )
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     return Starlette(
         routes=[
             Route("/", home),
             Route("/healthz", healthz),
+            Route("/metrics", metrics_endpoint),
             Route("/graphql", graphql, methods=["GET", "POST"]),
         ],
+        middleware=middleware,
         lifespan=lifespan,
     )
+
+
+class RequestIdMiddleware:
+    """Give each request an id: in the `X-Request-ID` response header and in every log line it causes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        rid = new_request_id(incoming)
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to a request body over the limit, before the app reads or parses any of it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        # Read the body here (it is at most max_bytes) so that a body without a length is bounded too.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"errors": [{"message": f"request body is larger than {self.max_bytes} bytes, the limit",
+                         "extensions": {"code": "PAYLOAD_TOO_LARGE"}}]},
+            status_code=413,
+        )
+        await response(scope, receive, send)
 
 
 async def _in_pool(pool: ThreadPoolExecutor, fn, *args):

@@ -25,6 +25,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gql import metrics
+
 log = logging.getLogger(__name__)
 
 # Bumped when the entry layout changes.
@@ -88,6 +90,8 @@ class CacheConfig:
     retry_seconds: float = 5.0
     local_entries: int = 256
     enabled: bool = True
+    # Values whose encoded entry is larger are served but not stored.
+    max_entry_bytes: int = 32 * 1024 * 1024
 
 
 def cache_key(prefix: str, namespace: str, parts: Mapping[str, Any]) -> str:
@@ -111,12 +115,14 @@ class ResultCache:
         )
         self._store_script = self._redis.register_script(_STORE_IF_CURRENT)
         self._state = CacheState.OK if config.enabled else CacheState.DISABLED
+        metrics.REDIS_UP.set(1 if config.enabled else 0)
         self._retry_at = 0.0
         self._pending_invalidations: set[str] = set()
         self._local: OrderedDict[str, _Entry] = OrderedDict()
         self._local_generations: dict[str, int] = {}
         self._flights: dict[tuple[str, int, bool], asyncio.Task] = {}
         self._bad_keys_logged: set[str] = set()
+        self._oversize_logged: set[str] = set()
         # Computations actually run, per namespace (joined callers of a shared one do not count).
         self.computations: Counter[str] = Counter()
 
@@ -132,8 +138,8 @@ class ResultCache:
     ) -> CacheResult:
         """The cached value for these arguments, computing and storing it on a miss."""
         if self._state is CacheState.DISABLED:
-            self.computations[namespace] += 1
-            return CacheResult(await compute(), CacheStatus.BYPASS, 0.0, 0.0)
+            metrics.CACHE_LOOKUPS.labels(namespace, "bypass").inc()
+            return CacheResult(await self._timed(namespace, compute), CacheStatus.BYPASS, 0.0, 0.0)
         key = cache_key(self.config.prefix, namespace, parts)
         use_redis = await self._redis_available()
         generation, entry = await self._lookup(namespace, key, use_redis)
@@ -141,8 +147,10 @@ class ResultCache:
         if entry is not None and entry.generation == generation:
             age = max(0.0, now - entry.created)
             if age < entry.ttl:
+                metrics.CACHE_LOOKUPS.labels(namespace, "hit").inc()
                 return CacheResult(entry.value, CacheStatus.HIT, age, entry.ttl - age)
         status = CacheStatus.REFRESHED if entry is not None and entry.generation < generation else CacheStatus.MISS
+        metrics.CACHE_LOOKUPS.labels(namespace, status.value.lower()).inc()
         # Callers asking the same question under the same generation share one computation; one
         # that is cancelled (client gone) does not cancel it for the others.
         flight_key = (key, generation, use_redis)
@@ -192,13 +200,22 @@ class ResultCache:
     async def _compute_and_store(
         self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], use_redis: bool
     ) -> Any:
-        self.computations[namespace] += 1
-        value = await compute()
+        value = await self._timed(namespace, compute)
         entry = _Entry(generation, self._clock(), ttl, value)
+        encoded = entry.encode()
+        if len(encoded) > self.config.max_entry_bytes:
+            metrics.OVERSIZE_ENTRIES.labels(namespace).inc()
+            if namespace not in self._oversize_logged:
+                self._oversize_logged.add(namespace)
+                log.warning(
+                    "a %s result of %d bytes is over the cache entry limit of %d bytes: served, not cached",
+                    namespace, len(encoded), self.config.max_entry_bytes,
+                )
+            return value
         if use_redis and self._state is CacheState.OK:
             try:
                 await self._store_script(
-                    keys=[self._generation_key(namespace), key], args=[generation, entry.encode(), max(1, int(ttl * 1000))]
+                    keys=[self._generation_key(namespace), key], args=[generation, encoded, max(1, int(ttl * 1000))]
                 )
                 return value
             except (RedisError, OSError) as exc:
@@ -207,6 +224,12 @@ class ResultCache:
         if self._local_generations.get(namespace, 0) == generation:
             self._remember_locally(key, entry)
         return value
+
+    async def _timed(self, namespace: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        self.computations[namespace] += 1
+        metrics.COMPUTATIONS.labels(namespace).inc()
+        with metrics.COMPUTATION_SECONDS.labels(namespace).time():
+            return await compute()
 
     def _remember_locally(self, key: str, entry: _Entry) -> None:
         self._local[key] = entry
@@ -231,6 +254,7 @@ class ResultCache:
         # Local entries may predate refreshes made through other workers while Redis was up.
         self._local.clear()
         self._state = CacheState.OK
+        metrics.REDIS_UP.set(1)
         log.warning("Redis at %s is reachable again; caching in Redis", _safe_url(self.config.redis_url))
         return True
 
@@ -238,6 +262,7 @@ class ResultCache:
         self._retry_at = time.monotonic() + self.config.retry_seconds
         if self._state is CacheState.OK:
             self._state = CacheState.DEGRADED
+            metrics.REDIS_UP.set(0)
             log.warning(
                 "Redis at %s is unreachable (%s); serving from an in-process cache, retrying every %.0f s",
                 _safe_url(self.config.redis_url), exc.__class__.__name__, self.config.retry_seconds,

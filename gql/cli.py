@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import sys
 from pathlib import Path
@@ -45,11 +46,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from gql.data import DataError, load_store
+    from gql.logs import logging_config
 
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = logging_config(settings.log_level, settings.log_json)
+    logging.config.dictConfig(config)
     try:
         load_store(settings.data_dir)  # fail fast with a clear message, before uvicorn starts workers
     except DataError as exc:
@@ -57,7 +60,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     # Workers are separate processes: they rebuild the settings from the same environment.
     os.environ.update({"GQL_HOST": host, "GQL_PORT": str(port), "GQL_WORKERS": str(workers)})
-    uvicorn.run("gql.app:app", host=host, port=port, workers=workers, log_level=settings.log_level.lower())
+    uvicorn.run("gql.app:app", host=host, port=port, workers=workers, log_config=config)
     return 0
 
 

@@ -33,8 +33,26 @@ class Settings:
     local_cache_entries: int = 256
     compute_threads: int = 2
     admin_token: str | None = None
+    # A file holding the token (a mounted secret); read at start, used when GQL_ADMIN_TOKEN is unset.
+    admin_token_file: Path | None = None
     graphiql: bool = True
+    introspection: bool = True
+    # Comma-separated origins allowed to call the API from a browser page on another origin.
+    cors_origins: str = ""
+    # Comma-separated Host header values to accept; "*" accepts any.
+    trusted_hosts: str = "*"
+    # Limits checked before any work (see README, "Limits").
+    max_body_bytes: int = 1_000_000
+    max_aliases: int = 20
+    max_depth: int = 10
+    max_tokens: int = 1000
+    max_cached_fields: int = 10
+    max_codes: int = 100
+    max_batch: int = 5
+    # Larger cached values are served but not stored.
+    cache_max_entry_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+    log_json: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,9 +64,19 @@ class Settings:
             if raw is None or raw.strip() == "":
                 continue
             values[field.name] = _parse(name, raw.strip(), field.type)
+        if "admin_token" not in values and values.get("admin_token_file") is not None:
+            values["admin_token"] = _read_token_file(values["admin_token_file"])
         settings = cls(**values)
         settings.validate()
         return settings
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+    @property
+    def trusted_host_list(self) -> list[str]:
+        return _split(self.trusted_hosts) or ["*"]
 
     def validate(self) -> None:
         finite = all(math.isfinite(v) for v in (self.redis_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl))
@@ -64,6 +92,14 @@ class Settings:
             (self.local_cache_entries >= 1, "GQL_LOCAL_CACHE_ENTRIES must be at least 1"),
             (self.compute_threads >= 1, "GQL_COMPUTE_THREADS must be at least 1"),
             (bool(self.cache_prefix), "GQL_CACHE_PREFIX must not be empty"),
+            (self.max_body_bytes >= 1024, "GQL_MAX_BODY_BYTES must be at least 1024"),
+            (self.max_aliases >= 0, "GQL_MAX_ALIASES must be >= 0"),
+            (self.max_depth >= 1, "GQL_MAX_DEPTH must be at least 1"),
+            (self.max_tokens >= 10, "GQL_MAX_TOKENS must be at least 10"),
+            (self.max_cached_fields >= 1, "GQL_MAX_CACHED_FIELDS must be at least 1"),
+            (self.max_codes >= 1, "GQL_MAX_CODES must be at least 1"),
+            (self.max_batch >= 1, "GQL_MAX_BATCH must be at least 1"),
+            (self.cache_max_entry_bytes >= 1024, "GQL_CACHE_MAX_ENTRY_BYTES must be at least 1024"),
         ]
         for ok, message in checks:
             if not ok:
@@ -74,6 +110,20 @@ _ENV_NAMES = {"redis_url": "REDIS_URL"}
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"GQL_ADMIN_TOKEN_FILE={str(path)!r} cannot be read: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"GQL_ADMIN_TOKEN_FILE={str(path)!r} is empty")
+    return token
 
 
 def _parse(name: str, raw: str, kind: str) -> object:

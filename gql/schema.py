@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import enum
+import hashlib
 import hmac
 import logging
 import time
@@ -17,13 +19,16 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from starlette.requests import Request
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import DisableIntrospection, SchemaExtension
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
 from gql import analytics
 from gql.cache import CacheResult, ResultCache
 from gql.config import Settings
 from gql.data import DataError, PriceSource, PriceStore
+from gql.errors import FORBIDDEN, AuthError, ErrorPolicy, UserInputError, is_unexpected
+from gql.limits import limit_extensions
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +36,6 @@ CHART_NAMESPACE = "indexChart"
 YIELD_NAMESPACE = "yieldThisYear"
 # How often a request may look at the data directory for changed files.
 DATA_CHECK_SECONDS = 1.0
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-
-class UserInputError(GraphQLError):
-    """An argument the API cannot answer; the message says what was wrong and what is allowed."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, extensions={"code": "BAD_USER_INPUT"})
-
-
-class AuthError(GraphQLError):
-    def __init__(self, message: str, code: str = "UNAUTHENTICATED") -> None:
-        super().__init__(message, extensions={"code": code})
-
-
-def _is_unexpected(error: GraphQLError) -> bool:
-    # Parse and validation errors have no original error; ours are GraphQLErrors: show both.
-    original = error.original_error
-    return original is not None and not isinstance(original, GraphQLError)
 
 
 # --- what resolvers work with -------------------------------------------------------------------
@@ -95,12 +79,19 @@ class Backend:
 class Context:
     request: Request
     backend: Backend
-    cache_report: list[dict[str, Any]] = field(default_factory=list)
+
+
+# The cache entries of the operation being executed. A context variable rather than a Context
+# attribute: the operations of a batch share one Context but each runs in its own task.
+_cache_report: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("cache_report", default=None)
 
 
 def _report(info: Info, result: CacheResult) -> None:
     path = ".".join(str(p) for p in info.path.as_list())
-    info.context.cache_report.append(
+    report = _cache_report.get()
+    if report is None:
+        return
+    report.append(
         {
             "path": path,
             "status": result.status.value,
@@ -113,9 +104,14 @@ def _report(info: Info, result: CacheResult) -> None:
 class CacheReportExtension(SchemaExtension):
     """Puts one `extensions.cache` entry per cached field into every response, in query order."""
 
+    def on_operation(self):
+        token = _cache_report.set([])
+        yield
+        self._report = _cache_report.get() or []
+        _cache_report.reset(token)
+
     def get_results(self) -> dict[str, Any]:
-        context = self.execution_context.context
-        report = list(getattr(context, "cache_report", []))
+        report = list(getattr(self, "_report", None) or _cache_report.get() or [])
         result = self.execution_context.result
         data = getattr(result, "data", None)
         if isinstance(data, dict):
@@ -214,12 +210,14 @@ class RefreshResult:
 # --- argument checking --------------------------------------------------------------------------
 
 
-def resolve_codes(store: PriceStore, codes: Sequence[str] | None) -> tuple[str, ...]:
+def resolve_codes(store: PriceStore, codes: Sequence[str] | None, max_codes: int = 100) -> tuple[str, ...]:
     """Codes to answer for, in the order asked; null means every index in data-set order."""
     if codes is None:
         return store.codes
     if not codes:
         raise UserInputError("codes is an empty list; pass null (or leave it out) for all indexes, or name some")
+    if len(codes) > max_codes:
+        raise UserInputError(f"{len(codes)} codes asked for; the limit is {max_codes} per field")
     known = {code.upper(): code for code in store.codes}
     resolved, unknown, seen = [], [], set()
     for raw in codes:
@@ -351,7 +349,7 @@ class Query:
     ) -> IndexChart:
         backend: Backend = info.context.backend
         store = await backend.store()
-        resolved = resolve_codes(store, codes)
+        resolved = resolve_codes(store, codes, backend.settings.max_codes)
         lo, hi = resolve_range(store, resolved, start, end)
         result = await _chart(backend, resolved, lo, hi, frequency, store)
         _report(info, result)
@@ -366,7 +364,7 @@ class Query:
     ) -> list[IndexYield]:
         backend: Backend = info.context.backend
         store = await backend.store()
-        resolved = resolve_codes(store, codes)
+        resolved = resolve_codes(store, codes, backend.settings.max_codes)
         date = resolve_as_of(store, resolved, as_of)
         result = await _yields(backend, resolved, date, store)
         _report(info, result)
@@ -375,18 +373,27 @@ class Query:
 
 def _check_admin(info: Info) -> None:
     token = info.context.backend.settings.admin_token
+    client = _client(info)
     if not token:
+        log.warning("refreshCache refused: no admin token configured; client=%s", client)
         raise AuthError(
-            "refreshCache is disabled: no admin token is configured. Start the server with GQL_ADMIN_TOKEN set, "
-            "then send 'Authorization: Bearer <token>'",
-            code="FORBIDDEN",
+            "refreshCache is disabled: no admin token is configured. Start the server with GQL_ADMIN_TOKEN "
+            "(or GQL_ADMIN_TOKEN_FILE) set, then send 'Authorization: Bearer <token>'",
+            code=FORBIDDEN,
         )
-    header = info.context.request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    # Compare in constant time, and the same way for every kind of wrong header.
-    expected = f"bearer {token}".encode()
-    if not hmac.compare_digest(f"{scheme.lower()} {given.strip()}".encode(), expected):
+    scheme, _, given = info.context.request.headers.get("authorization", "").partition(" ")
+    # Digests of equal length compared in constant time: neither the token's length nor how much of
+    # a guess matches shows in the timing. Every kind of wrong header gets the same answer.
+    matches = hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), hashlib.sha256(token.encode()).digest())
+    if not (matches and scheme.lower() == "bearer"):
+        reason = "no Authorization header" if not scheme else "not a Bearer token" if scheme.lower() != "bearer" else "wrong token"
+        log.warning("refreshCache refused: %s; client=%s", reason, client)
         raise AuthError("refreshCache needs the header 'Authorization: Bearer <admin token>'; the token given is missing or wrong")
+
+
+def _client(info: Info) -> str:
+    client = info.context.request.client
+    return client.host if client else "unknown"
 
 
 @strawberry.type
@@ -411,10 +418,9 @@ class Mutation:
                 await backend.cache.invalidate(YIELD_NAMESPACE)
                 await _yields(backend, store.codes, resolve_as_of(store, store.codes, None), store)
             refreshed.append(RefreshedField(target=target, duration_ms=(time.perf_counter() - began) * 1000.0))
-        client = info.context.request.client
         log.warning(
             "cache refreshed: targets=%s client=%s durations_ms=%s",
-            ",".join(t.value for t in chosen), client.host if client else "unknown",
+            ",".join(t.value for t in chosen), _client(info),
             ",".join(f"{r.duration_ms:.1f}" for r in refreshed),
         )
         return RefreshResult(refreshed=refreshed)
@@ -423,14 +429,30 @@ class Mutation:
 class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Bad input is the client's business, answered in the response; only our own failures are logged.
-        super().process_errors([e for e in errors if _is_unexpected(e)], execution_context)
+        super().process_errors([e for e in errors if is_unexpected(e)], execution_context)
 
 
-schema = _Schema(
-    query=Query,
-    mutation=Mutation,
-    extensions=[
+CACHED_FIELDS = frozenset({CHART_NAMESPACE, YIELD_NAMESPACE})
+
+
+def build_schema(settings: Settings) -> strawberry.Schema:
+    """The schema with the limits and switches of these settings (the types never change)."""
+    extensions: list[Any] = [
         CacheReportExtension,
-        lambda: MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error; the server log has the details"),
-    ],
-)
+        *limit_extensions(
+            max_aliases=settings.max_aliases, max_depth=settings.max_depth, max_tokens=settings.max_tokens,
+            max_cached_fields=settings.max_cached_fields, max_codes=settings.max_codes, cached_fields=CACHED_FIELDS,
+        ),
+        ErrorPolicy,
+    ]
+    if not settings.introspection:
+        extensions.append(DisableIntrospection)
+    return _Schema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        config=StrawberryConfig(batching_config={"max_operations": settings.max_batch}),
+    )
+
+
+schema = build_schema(Settings())

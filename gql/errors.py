@@ -1,0 +1,95 @@
+"""Errors the API returns: each with a stable `extensions.code`, none with internals in it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from gql.logs import request_id
+
+BAD_USER_INPUT = "BAD_USER_INPUT"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+FORBIDDEN = "FORBIDDEN"
+QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+INTERNAL = "INTERNAL_SERVER_ERROR"
+
+
+class ApiError(GraphQLError):
+    """An error meant for the client: its message says what was wrong and what is allowed."""
+
+    code = BAD_USER_INPUT
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message, extensions={"code": code or self.code})
+
+
+class UserInputError(ApiError):
+    code = BAD_USER_INPUT
+
+
+class AuthError(ApiError):
+    code = UNAUTHENTICATED
+
+
+class QueryTooComplexError(ApiError):
+    code = QUERY_TOO_COMPLEX
+
+
+def is_unexpected(error: GraphQLError) -> bool:
+    """An exception from our code rather than a parse, validation or API error."""
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
+# Errors graphql-core and Strawberry's limiters raise, told apart by their (stable) wording.
+_TOO_COMPLEX = re.compile(r"aliases found\. Allowed|exceeds maximum operation depth|Document contains more than \d+ tokens")
+_BAD_INPUT = re.compile(r"^(Variable '\$|Expected value of type|Argument '.*' of (non-null )?type|Field '.*' argument '.*' of type)")
+
+
+def code_for(error: GraphQLError) -> str:
+    if is_unexpected(error):
+        return INTERNAL
+    if _TOO_COMPLEX.search(error.message):
+        return QUERY_TOO_COMPLEX
+    if error.message.startswith("Syntax Error"):
+        return PARSE_FAILED
+    if _BAD_INPUT.search(error.message):
+        return BAD_USER_INPUT
+    return VALIDATION_FAILED
+
+
+def masked(error: GraphQLError) -> GraphQLError:
+    rid = request_id.get()
+    return GraphQLError(
+        f"Internal error; the server log has the details under request id {rid}",
+        nodes=error.nodes, source=error.source, positions=error.positions, path=error.path,
+        extensions={"code": INTERNAL, "requestId": rid},
+    )
+
+
+class ErrorPolicy(SchemaExtension):
+    """Give every error a code and replace unexpected ones by a masked 'Internal error'.
+
+    The originals (with tracebacks) are logged by the schema before this runs.
+    """
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if not errors:
+            return
+        processed = []
+        for error in errors:
+            if is_unexpected(error):
+                processed.append(masked(error))
+                continue
+            if not (error.extensions or {}).get("code"):
+                error.extensions = {**(error.extensions or {}), "code": code_for(error)}
+            processed.append(error)
+        result.errors = processed

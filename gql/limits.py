@@ -1,0 +1,102 @@
+"""Cost limits, checked on the parsed operation before any resolver, computation or Redis call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from graphql import (
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    ListValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    VariableNode,
+)
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
+
+from gql.errors import QueryTooComplexError
+
+
+def cached_field_nodes(
+    selection_set: SelectionSetNode | None, fragments: Mapping[str, FragmentDefinitionNode], names: frozenset[str]
+) -> Iterator[FieldNode]:
+    """Every invocation of the named fields, counting a fragment once per place it is spread."""
+    if selection_set is None:
+        return
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            if selection.name.value in names:
+                yield selection
+            yield from cached_field_nodes(selection.selection_set, fragments, names)
+        elif isinstance(selection, InlineFragmentNode):
+            yield from cached_field_nodes(selection.selection_set, fragments, names)
+        elif isinstance(selection, FragmentSpreadNode):
+            fragment = fragments.get(selection.name.value)
+            if fragment is not None:  # validation has already rejected unknown and cyclic fragments
+                yield from cached_field_nodes(fragment.selection_set, fragments, names)
+
+
+def _list_length(node: Any, variables: Mapping[str, Any]) -> int:
+    if isinstance(node, ListValueNode):
+        return len(node.values)
+    if isinstance(node, VariableNode):
+        value = variables.get(node.name.value)
+        return len(value) if isinstance(value, list) else 0
+    return 0
+
+
+class CostLimits(SchemaExtension):
+    """Refuse an operation that asks for too many cached fields, or too many codes in one of them."""
+
+    def __init__(self, *, cached_fields: frozenset[str], max_cached_fields: int, max_codes: int) -> None:
+        self.cached_fields = cached_fields
+        self.max_cached_fields = max_cached_fields
+        self.max_codes = max_codes
+
+    def on_execute(self) -> Iterator[None]:
+        problem = self._problem()
+        if problem is not None:
+            # A result set before execution makes Strawberry skip execution altogether.
+            self.execution_context.result = ExecutionResult(data=None, errors=[QueryTooComplexError(problem)])
+        yield
+
+    def _problem(self) -> str | None:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is None:
+            return None
+        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if context.operation_name:
+            operations = [o for o in operations if o.name and o.name.value == context.operation_name]
+        variables = context.variables or {}
+        for operation in operations[:1]:
+            fields = list(cached_field_nodes(operation.selection_set, fragments, self.cached_fields))
+            if len(fields) > self.max_cached_fields:
+                return (
+                    f"this operation asks for {len(fields)} cached fields ({', '.join(sorted(self.cached_fields))}); "
+                    f"the limit is {self.max_cached_fields} per operation: split it into several requests"
+                )
+            for field in fields:
+                for argument in field.arguments or ():
+                    if argument.name.value == "codes":
+                        count = _list_length(argument.value, variables)
+                        if count > self.max_codes:
+                            return f"{field.name.value} asks for {count} codes; the limit is {self.max_codes} per field"
+        return None
+
+
+def limit_extensions(
+    *, max_aliases: int, max_depth: int, max_tokens: int, max_cached_fields: int, max_codes: int, cached_fields: frozenset[str]
+) -> list:
+    """Strawberry's own limiters for aliases, depth and tokens, and ours for what is specific to this API."""
+    return [
+        lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+        lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: CostLimits(cached_fields=cached_fields, max_cached_fields=max_cached_fields, max_codes=max_codes),
+    ]
