@@ -24,7 +24,7 @@ from gql import __version__
 from gql.cache import CacheConfig, CacheState, ResultCache
 from gql.config import Settings
 from gql.data import PriceSource
-from gql.logs import REQUEST_ID_HEADER, new_request_id, request_id
+from gql.logs import REQUEST_ID_HEADER, install_record_factory, new_request_id, request_id
 from gql.schema import Backend, Context, build_schema
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class _GraphQLApp(GraphQL):
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; data, Redis and the compute pool are set up when it starts."""
     settings = settings or Settings.from_env()
+    install_record_factory()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -48,7 +48,11 @@ def is_unexpected(error: GraphQLError) -> bool:
 
 # Errors graphql-core and Strawberry's limiters raise, told apart by their (stable) wording.
 _TOO_COMPLEX = re.compile(r"aliases found\. Allowed|exceeds maximum operation depth|Document contains more than \d+ tokens")
-_BAD_INPUT = re.compile(r"^(Variable '\$|Expected value of type|Argument '.*' of (non-null )?type|Field '.*' argument '.*' of type)")
+_BAD_INPUT = re.compile(
+    r"^(Variable '\$|Expected value of type|Argument '.*' of (non-null )?type|Field '.*' argument '.*' of type)"
+    r"|cannot represent|does not exist in '\w+' enum"
+)
+_UNKNOWN_ENUM_VALUE = re.compile(r"does not exist in '(\w+)' enum\.?")
 
 
 def code_for(error: GraphQLError) -> str:
@@ -91,5 +95,14 @@ class ErrorPolicy(SchemaExtension):
                 continue
             if not (error.extensions or {}).get("code"):
                 error.extensions = {**(error.extensions or {}), "code": code_for(error)}
-            processed.append(error)
+            processed.append(self._with_allowed_values(error))
         result.errors = processed
+
+    def _with_allowed_values(self, error: GraphQLError) -> GraphQLError:
+        """graphql-core names a wrong enum value but not the right ones; say what is allowed."""
+        match = _UNKNOWN_ENUM_VALUE.search(error.message)
+        enum_type = match and self.execution_context.schema._schema.get_type(match.group(1))
+        values = getattr(enum_type, "values", None)
+        if values:
+            error.message = f"{error.message.rstrip('.')}; allowed: {', '.join(values)}"
+        return error

@@ -23,6 +23,21 @@ def new_request_id(incoming: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def install_record_factory() -> None:
+    """Stamp every log record with the current request id, whoever logs it and however logging is set up."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_stamps_request_id", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.request_id = request_id.get()
+        return record
+
+    factory._stamps_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
