@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 class _GraphQLApp(GraphQL):
     async def get_context(self, request: Request, response: Response | None = None) -> Context:
         return Context(request=request, backend=request.app.state.backend)
+
+    def encode_json(self, data: object) -> bytes:
+        # Chart responses are megabytes of floats: orjson encodes them several times faster than json.
+        return orjson.dumps(data)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

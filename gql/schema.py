@@ -25,6 +25,7 @@ from strawberry.types import Info
 
 from gql import analytics
 from gql.cache import CacheResult, ResultCache
+from gql.columns import ColumnarExecutionContext, ColumnarList
 from gql.config import Settings
 from gql.data import DataError, PriceSource, PriceStore
 from gql.errors import FORBIDDEN, AuthError, ErrorPolicy, UserInputError, is_unexpected
@@ -167,11 +168,12 @@ class IndexSeries:
     @strawberry.field(description="Points in date order.")
     def points(self) -> list[PricePoint]:
         v = self._value
-        to_date = dt.date.fromisoformat
-        return [
-            PricePoint(date=to_date(d), close=c, normalized=n, drawdown=w)
-            for d, c, n, w in zip(v["dates"], v["close"], v["normalized"], v["drawdown"])
-        ]
+        columns = {"date": v["dates"], "close": v["close"], "normalized": v["normalized"], "drawdown": v["drawdown"]}
+        return ColumnarList(columns, _price_point)  # type: ignore[return-value]  # completed as a list, see gql.columns
+
+
+def _price_point(date: str, close: float, normalized: float, drawdown: float) -> PricePoint:
+    return PricePoint(date=dt.date.fromisoformat(date), close=close, normalized=normalized, drawdown=drawdown)
 
 
 @strawberry.type(description="Chart data of several indexes over one range.")
@@ -452,6 +454,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         mutation=Mutation,
         extensions=extensions,
         config=StrawberryConfig(batching_config={"max_operations": settings.max_batch}),
+        execution_context_class=ColumnarExecutionContext,
     )
 
 
