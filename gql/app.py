@@ -20,13 +20,16 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
 
 from gql import __version__
 from gql.cache import CacheConfig, CacheState, ResultCache
 from gql.config import Settings
 from gql.data import PriceSource
 from gql.logs import REQUEST_ID_HEADER, install_record_factory, new_request_id, request_id
-from gql.schema import Backend, Context, build_schema
+from gql.responses import ResponseCacheApp, record_result
+from gql.schema import CACHED_FIELDS, Backend, Context, build_schema
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,11 @@ log = logging.getLogger(__name__)
 class _GraphQLApp(GraphQL):
     async def get_context(self, request: Request, response: Response | None = None) -> Context:
         return Context(request=request, backend=request.app.state.backend)
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        response = await super().process_result(request, result)
+        record_result(request.scope, bool(result.errors), response)
+        return response
 
     def encode_json(self, data: object) -> bytes:
         # Chart responses are megabytes of floats: orjson encodes them several times faster than json.
@@ -45,19 +53,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     install_record_factory()
 
+    cache = ResultCache(
+        CacheConfig(
+            redis_url=settings.redis_url, prefix=settings.cache_prefix, timeout=settings.redis_timeout,
+            retry_seconds=settings.redis_retry_seconds, local_entries=settings.local_cache_entries,
+            enabled=settings.cache_enabled, max_entry_bytes=settings.cache_max_entry_bytes,
+        )
+    )
+
+    async def data_version() -> str:
+        return (await app.state.backend.store()).version
+
+    graphql = ResponseCacheApp(
+        _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None),
+        cache, data_version, CACHED_FIELDS,
+        enabled=settings.response_cache, memory_bytes=settings.response_memory_bytes, apq_ttl=settings.apq_ttl,
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="gql-compute")
-        cache = ResultCache(
-            CacheConfig(
-                redis_url=settings.redis_url, prefix=settings.cache_prefix, timeout=settings.redis_timeout,
-                retry_seconds=settings.redis_retry_seconds, local_entries=settings.local_cache_entries,
-                enabled=settings.cache_enabled, max_entry_bytes=settings.cache_max_entry_bytes,
-            )
-        )
         try:
             prices = await _in_pool(pool, PriceSource, settings.data_dir)
             app.state.backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
+            app.state.responses = graphql
             state = await cache.check()
             log.info(
                 "serving %d indexes from %s (data version %s); cache %s",
@@ -65,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
             yield
         finally:
+            await graphql.drain()
             await cache.close()
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -101,7 +121,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def home(request: Request) -> RedirectResponse:
         return RedirectResponse("/graphql")
 
-    graphql = _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None)
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.trusted_host_list != ["*"]:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_host_list))
@@ -117,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", home),
             Route("/healthz", healthz),
@@ -127,6 +146,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=middleware,
         lifespan=lifespan,
     )
+    return app
 
 
 class RequestIdMiddleware:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 
 # Bumped when the entry layout changes.
 _ENTRY_FORMAT = 1
+
+# Store several keys only if every listed generation is still what the caller read before computing.
+# KEYS: n generation keys, then the value keys; ARGV: n, the n generations, the TTL in ms, the values.
+_STORE_ALL_IF_CURRENT = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') ~= tonumber(ARGV[1 + i]) then return 0 end
+end
+local ttl = ARGV[n + 2]
+for i = n + 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ttl)
+end
+return 1
+"""
 
 # Store only if the namespace generation is still the one the computation started under.
 _STORE_IF_CURRENT = """
@@ -92,6 +106,8 @@ class CacheConfig:
     enabled: bool = True
     # Values whose encoded entry is larger are served but not stored.
     max_entry_bytes: int = 32 * 1024 * 1024
+    # Read bound for `read_bulk`/`write` of large values, which run off the request path.
+    bulk_timeout: float = 2.0
 
 
 def cache_key(prefix: str, namespace: str, parts: Mapping[str, Any]) -> str:
@@ -114,6 +130,17 @@ class ResultCache:
             health_check_interval=0,
         )
         self._store_script = self._redis.register_script(_STORE_IF_CURRENT)
+        # Megabyte values (whole responses) are moved off the request path or once per worker; they
+        # get their own connections and a longer bound, and their failures do not trip the breaker.
+        self._bulk = redis.Redis.from_url(
+            config.redis_url,
+            socket_timeout=max(config.timeout, config.bulk_timeout),
+            socket_connect_timeout=config.timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+            health_check_interval=0,
+        )
+        self._store_all_script = self._bulk.register_script(_STORE_ALL_IF_CURRENT)
         self._state = CacheState.OK if config.enabled else CacheState.DISABLED
         metrics.REDIS_UP.set(1 if config.enabled else 0)
         self._retry_at = 0.0
@@ -132,6 +159,7 @@ class ResultCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._bulk.aclose()
 
     async def get_or_compute(
         self, namespace: str, parts: Mapping[str, Any], ttl: float, compute: Callable[[], Awaitable[Any]]
@@ -267,6 +295,52 @@ class ResultCache:
                 "Redis at %s is unreachable (%s); serving from an in-process cache, retrying every %.0f s",
                 _safe_url(self.config.redis_url), exc.__class__.__name__, self.config.retry_seconds,
             )
+
+    # --- bytes under keys, for layers above that store their own encodings (whole responses) ------
+
+    async def read(self, namespaces: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, int], list[bytes | None]] | None:
+        """The current generations of `namespaces` and the values at `keys`, in one round trip.
+
+        None while Redis is unavailable (callers then do without this layer).
+        """
+        if self._state is not CacheState.OK or not await self._redis_available():
+            return None
+        try:
+            raw = await self._redis.mget(*[self._generation_key(n) for n in namespaces], *keys)
+        except (RedisError, OSError) as exc:
+            self._mark_degraded(exc)
+            return None
+        generations = {n: int(g or 0) for n, g in zip(namespaces, raw)}
+        return generations, list(raw[len(namespaces):])
+
+    async def read_bulk(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        """Large values at `keys`; None while Redis is unavailable or slow to deliver them."""
+        if self._state is not CacheState.OK:
+            return None
+        try:
+            return list(await self._bulk.mget(*keys))
+        except (RedisError, OSError) as exc:
+            log.info("bulk read from Redis failed (%s); answering without it", exc.__class__.__name__)
+            return None
+
+    async def write(self, generations: Mapping[str, int], items: Mapping[str, bytes], ttl: float) -> bool:
+        """Store `items` for `ttl` seconds if every generation is still as read; False if not stored."""
+        if self._state is not CacheState.OK:
+            return False
+        namespaces = list(generations)
+        try:
+            stored = await self._store_all_script(
+                keys=[*[self._generation_key(n) for n in namespaces], *items],
+                args=[len(namespaces), *[generations[n] for n in namespaces], max(1, int(ttl * 1000)), *items.values()],
+            )
+        except (RedisError, OSError) as exc:
+            log.info("bulk write to Redis failed (%s); not stored", exc.__class__.__name__)
+            return False
+        return bool(stored)
+
+    def key(self, *parts: str) -> str:
+        """A key under this cache's prefix."""
+        return ":".join((self.config.prefix, *parts))
 
     async def check(self) -> CacheState:
         """Probe Redis now (for health checks) and return the resulting state."""

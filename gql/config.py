@@ -49,6 +49,10 @@ class Settings:
     max_cached_fields: int = 10
     max_codes: int = 100
     max_batch: int = 5
+    # Whole responses of cached queries (see README, "Caching whole responses").
+    response_cache: bool = True
+    response_memory_bytes: int = 64 * 1024 * 1024
+    apq_ttl: float = 7 * 86400.0
     # Larger cached values are served but not stored.
     cache_max_entry_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
@@ -79,7 +83,7 @@ class Settings:
         return _split(self.trusted_hosts) or ["*"]
 
     def validate(self) -> None:
-        finite = all(math.isfinite(v) for v in (self.redis_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl))
+        finite = all(math.isfinite(v) for v in (self.redis_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl, self.apq_ttl))
         checks = [
             (finite, "GQL_REDIS_TIMEOUT, GQL_REDIS_RETRY_SECONDS, GQL_CHART_TTL and GQL_YIELD_TTL must be finite numbers"),
             (self.log_level.lower() in _LOG_LEVELS, f"GQL_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}"),
@@ -99,6 +103,8 @@ class Settings:
             (self.max_cached_fields >= 1, "GQL_MAX_CACHED_FIELDS must be at least 1"),
             (self.max_codes >= 1, "GQL_MAX_CODES must be at least 1"),
             (self.max_batch >= 1, "GQL_MAX_BATCH must be at least 1"),
+            (self.response_memory_bytes >= 0, "GQL_RESPONSE_MEMORY_BYTES must be >= 0"),
+            (self.apq_ttl > 0, "GQL_APQ_TTL must be a positive number of seconds"),
             (self.cache_max_entry_bytes >= 1024, "GQL_CACHE_MAX_ENTRY_BYTES must be at least 1024"),
         ]
         for ok, message in checks:

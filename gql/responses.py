@@ -1,0 +1,475 @@
+"""Whole-response cache and HTTP caching for /graphql.
+
+A query whose cached fields are all answered from the cache is answered from stored response bytes,
+without parsing, validating or executing it again. The stored entry records, per cached field, when
+its value was computed and for how long it is fresh, and the generations of the field namespaces it
+was built under: `refreshCache` (which bumps a generation) and data changes (the data version is in
+the key) invalidate it exactly like the field entries.
+
+The body is laid out as `{"data":...,"extensions":{"cache":[...]}}` with the per-request part, the
+cache report (ages change with every request), last. The stored prefix is kept raw and as a deflate
+stream ending on a byte boundary, so the gzip answer is that stream, a final *stored* (uncompressed)
+block with the report, and a CRC continued over the report: nothing is compressed on a hit.
+
+Also here: ETag / If-None-Match (304), Cache-Control and Age, and Automatic Persisted Queries
+(Apollo's protocol: `extensions.persistedQuery.sha256Hash`, `PersistedQueryNotFound`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode, OperationType, parse, print_ast
+from graphql.language import Visitor, visit
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gql.cache import CacheState, ResultCache
+
+log = logging.getLogger(__name__)
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_META, _RAW, _DEFLATE = "meta", "raw", "deflate"
+
+
+# --- what a query is ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueryShape:
+    """What the response cache needs to know of a query document (computed once per text)."""
+
+    normalized: str  # whitespace and comments do not matter
+    cacheable: bool  # a query (not a mutation), no introspection, at least one cached field
+    namespaces: tuple[str, ...]  # the cached fields it invokes
+
+
+class _Fields(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def enter_field(self, node: FieldNode, *_: Any) -> None:
+        self.names.add(node.name.value)
+
+
+@lru_cache(maxsize=2048)
+def query_shape(query: str, operation_name: str | None, cached_fields: frozenset[str]) -> QueryShape | None:
+    """None when the text does not parse (GraphQL execution then reports why)."""
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return None
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [o for o in operations if o.name is not None and o.name.value == operation_name]
+    fields = _Fields()
+    visit(document, fields)
+    namespaces = tuple(sorted(fields.names & cached_fields))
+    cacheable = (
+        len(operations) == 1
+        and operations[0].operation is OperationType.QUERY
+        and not {"__schema", "__type"} & fields.names
+        and bool(namespaces)
+    )
+    return QueryShape(print_ast(document), cacheable, namespaces)
+
+
+# --- stored responses -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One cached answer: its meta data plus the body prefix (raw and deflated)."""
+
+    etag: str
+    fields: tuple[tuple[str, float, float], ...]  # (path, computed at, fresh for seconds)
+    raw: bytes
+    deflated: bytes
+    crc: int
+
+    @property
+    def expires(self) -> float:
+        return min(created + ttl for _, created, ttl in self.fields)
+
+    @property
+    def created(self) -> float:
+        return min(created for _, created, _ in self.fields)
+
+    def report(self, now: float) -> list[dict[str, Any]]:
+        return [
+            {"path": path, "status": "HIT", "ageSeconds": round(now - created, 3), "ttlSeconds": round(created + ttl - now, 3)}
+            for path, created, ttl in self.fields
+        ]
+
+
+def body_parts(report: list[dict[str, Any]]) -> bytes:
+    """The per-request end of a body that starts with `{"data":...`."""
+    return b',"extensions":{"cache":' + orjson.dumps(report) + b"}}"
+
+
+def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
+    """A gzip member: the stored deflate stream, then `tail` as a final uncompressed block."""
+    stored_block = b"\x01" + struct.pack("<HH", len(tail), 0xFFFF ^ len(tail)) + tail
+    trailer = struct.pack("<II", zlib.crc32(tail, crc), (raw_length + len(tail)) & 0xFFFFFFFF)
+    return _GZIP_HEADER + deflated + stored_block + trailer
+
+
+def deflate_open(raw: bytes) -> bytes:
+    """Raw deflate of `raw` ending on a byte boundary with no final block, so more can follow."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+# --- the ASGI layer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Request:
+    method: str
+    headers: Headers
+    data: dict[str, Any]
+    replay_body: bytes | None  # POST body to hand to the GraphQL app (None: unchanged GET)
+
+
+class ResponseCacheApp:
+    """Wraps the GraphQL ASGI app: answers cached queries itself and stores what it can."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        cache: ResultCache,
+        data_version: Callable[[], Awaitable[str]],
+        cached_fields: frozenset[str],
+        *,
+        enabled: bool = True,
+        memory_bytes: int = 64 * 1024 * 1024,
+        apq_ttl: float = 7 * 86400,
+    ) -> None:
+        self.app = app
+        self.cache = cache
+        self.data_version = data_version
+        self.cached_fields = cached_fields
+        self.enabled = enabled
+        self.apq_ttl = apq_ttl
+        self._memory: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._memory_bytes = memory_bytes
+        self._memory_used = 0
+        self._pending: set[asyncio.Task] = set()
+        self.hits = 0  # answers served from stored bytes
+
+    async def drain(self) -> None:
+        """Wait for responses still being stored (for tests and shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
+            await self.app(scope, receive, send)
+            return
+        request, body = await _read(scope, receive)
+        if request is None:  # not a single JSON operation (a batch, a form, GraphiQL, bad JSON)
+            await self.app(scope, _replaying(receive, body), send)
+            return
+        refusal = await self._resolve_persisted_query(request)
+        if refusal is not None:
+            await _send_json(send, 200, refusal, {"cache-control": "no-store"})
+            return
+        scope, receive = _rewritten(scope, receive, request)
+        query = request.data.get("query")
+        operation_name = request.data.get("operationName")
+        shape = (
+            query_shape(query, operation_name, self.cached_fields)
+            if isinstance(query, str) and isinstance(operation_name, (str, type(None)))
+            else None
+        )
+        cacheable = shape is not None and shape.cacheable
+        if not cacheable or not self.enabled or self.cache.state is not CacheState.OK:
+            await self._execute(scope, receive, send, request, cacheable, None)
+            return
+        key = await self._key(shape, request.data.get("variables"), operation_name)
+        looked_up = await self.cache.read(shape.namespaces, [self._key_of(key, _META)])
+        if looked_up is None:
+            await self._execute(scope, receive, send, request, cacheable, None)
+            return
+        generations, (raw_meta,) = looked_up
+        stored = await self._stored(key, raw_meta, generations)
+        if stored is not None:
+            await self._answer(send, request, stored)
+            return
+        await self._execute(scope, receive, send, request, cacheable, (key, generations))
+
+    # -- hits ---------------------------------------------------------------------------------------
+
+    async def _stored(self, key: str, raw_meta: bytes | None, generations: dict[str, int]) -> StoredResponse | None:
+        if raw_meta is None:
+            return None
+        try:
+            meta = orjson.loads(raw_meta)
+            if meta.get("generations") != {n: g for n, g in generations.items()}:
+                return None
+            fields = tuple((str(p), float(c), float(t)) for p, c, t in meta["fields"])
+            etag, crc = str(meta["etag"]), int(meta["crc"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("stored response %s cannot be decoded; answering without it", key)
+            return None
+        if not fields or min(c + t for _, c, t in fields) <= time.time():
+            return None
+        remembered = self._memory.get(key)
+        if remembered is not None and remembered.etag == etag:
+            self._memory.move_to_end(key)
+            return remembered
+        bodies = await self.cache.read_bulk([self._key_of(key, _RAW), self._key_of(key, _DEFLATE)])
+        if bodies is None or None in bodies:
+            return None
+        raw, deflated = bodies
+        stored = StoredResponse(etag, fields, raw, deflated, crc)
+        self._remember(key, stored)
+        return stored
+
+    async def _answer(self, send: Send, request: _Request, stored: StoredResponse) -> None:
+        self.hits += 1
+        now = time.time()
+        gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
+        etag = f'"{stored.etag}-gz"' if gzip else f'"{stored.etag}"'
+        headers = {
+            "cache-control": f"public, max-age={max(0, int(stored.expires - now))}",
+            "age": str(max(0, int(now - stored.created))),
+            "etag": etag,
+            "vary": "Accept-Encoding",
+        }
+        if _etag_matches(request.headers.get("if-none-match"), stored.etag):
+            await _send(send, 304, b"", headers)
+            return
+        tail = body_parts(stored.report(now))
+        if gzip:
+            body = gzip_body(stored.deflated, stored.crc, len(stored.raw), tail)
+            headers["content-encoding"] = "gzip"
+        else:
+            body = stored.raw + tail
+        headers["content-type"] = "application/json"
+        await _send(send, 200, body, headers)
+
+    def _remember(self, key: str, stored: StoredResponse) -> None:
+        size = len(stored.raw) + len(stored.deflated)
+        if size > self._memory_bytes:
+            return
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_used -= len(old.raw) + len(old.deflated)
+        self._memory[key] = stored
+        self._memory_used += size
+        while self._memory_used > self._memory_bytes:
+            _, evicted = self._memory.popitem(last=False)
+            self._memory_used -= len(evicted.raw) + len(evicted.deflated)
+
+    # -- misses ---------------------------------------------------------------------------------------
+
+    async def _execute(
+        self, scope: Scope, receive: Receive, send: Send, request: _Request, cacheable: bool,
+        store_as: tuple[str, dict[str, int]] | None,
+    ) -> None:
+        """Run the GraphQL app, keep its answer, add HTTP caching headers, store it when it may be."""
+        status, headers, body = await _capture(self.app, scope, receive)
+        results = scope.get(RESULTS_SCOPE_KEY, [])
+        report = _cache_report(results) if status == 200 and cacheable else None
+        if not report:
+            headers.setdefault("cache-control", "no-store")
+            await _send(send, status, body, headers)
+            return
+        raw = b'{"data":' + orjson.dumps(results[0][1]["data"])
+        now = time.time()
+        fields = tuple((e["path"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
+        stored = StoredResponse(hashlib.sha256(raw).hexdigest()[:32], fields, raw, b"", 0)
+        headers.update({
+            "cache-control": f"public, max-age={max(0, int(stored.expires - now))}",
+            "age": str(max(0, int(now - stored.created))),
+            "etag": f'"{stored.etag}"',
+            "vary": "Accept-Encoding",
+        })
+        if _etag_matches(request.headers.get("if-none-match"), stored.etag):
+            await _send(send, 304, b"", headers)
+        else:
+            await _send(send, status, body, headers)
+        if store_as is not None:
+            task = asyncio.ensure_future(self._store(*store_as, stored))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:
+        raw = stored.raw
+        # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
+        deflated, crc = await asyncio.get_running_loop().run_in_executor(None, lambda: (deflate_open(raw), zlib.crc32(raw)))
+        complete = StoredResponse(stored.etag, stored.fields, raw, deflated, crc)
+        ttl = complete.expires - time.time()
+        if ttl <= 0:
+            return
+        meta = orjson.dumps({"etag": complete.etag, "fields": complete.fields, "crc": crc, "generations": generations})
+        items = {self._key_of(key, _META): meta, self._key_of(key, _RAW): raw, self._key_of(key, _DEFLATE): deflated}
+        if await self.cache.write(generations, items, ttl):
+            self._remember(key, complete)
+
+    # -- keys and persisted queries ------------------------------------------------------------------
+
+    async def _key(self, shape: QueryShape, variables: Any, operation_name: str | None) -> str:
+        parts = {"q": shape.normalized, "v": variables, "op": operation_name, "data": await self.data_version()}
+        return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+    def _key_of(self, key: str, part: str) -> str:
+        return self.cache.key("response", key, part)
+
+    async def _resolve_persisted_query(self, request: _Request) -> dict | None:
+        """Apollo's Automatic Persisted Queries; a refusal body, or None to go on."""
+        extensions = request.data.get("extensions")
+        persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
+        if not isinstance(persisted, dict):
+            return None
+        digest = persisted.get("sha256Hash")
+        if persisted.get("version") != 1 or not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            return _error("persistedQuery needs version 1 and a sha256Hash of 64 lower-case hex digits", "PERSISTED_QUERY_INVALID")
+        query = request.data.get("query")
+        apq_key = self.cache.key("apq", digest)
+        if isinstance(query, str):
+            if hashlib.sha256(query.encode()).hexdigest() != digest:
+                return _error("provided sha256Hash does not match the query", "PERSISTED_QUERY_HASH_MISMATCH")
+            await self.cache.write({}, {apq_key: query.encode()}, self.apq_ttl)
+            return None
+        found = await self.cache.read((), [apq_key])
+        if found is None or found[1][0] is None:
+            return _error("PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND")
+        request.data["query"] = found[1][0].decode()
+        request.replay_body = orjson.dumps(request.data) if request.method == "POST" else request.replay_body
+        return None
+
+
+# --- ASGI plumbing ----------------------------------------------------------------------------------
+
+
+RESULTS_SCOPE_KEY = "gql.results"
+
+
+def record_result(scope: Scope, has_errors: bool, response: dict[str, Any]) -> None:
+    """Called by the GraphQL app for each operation it answers, so that this layer can store it."""
+    scope.setdefault(RESULTS_SCOPE_KEY, []).append((has_errors, response))
+
+
+async def _read(scope: Scope, receive: Receive) -> tuple[_Request | None, bytes]:
+    headers = Headers(scope=scope)
+    if scope["method"] == "GET":
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if "query" not in params and "extensions" not in params:
+            return None, b""  # GraphiQL, or a request the GraphQL app will answer with its own error
+        data: dict[str, Any] = {"query": params.get("query"), "operationName": params.get("operationName")}
+        for name in ("variables", "extensions"):
+            if name in params:
+                try:
+                    data[name] = orjson.loads(params[name])
+                except orjson.JSONDecodeError:
+                    return None, b""
+        return _Request("GET", headers, data, None), b""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    if "application/json" not in headers.get("content-type", ""):
+        return None, body
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, body
+    return (_Request("POST", headers, data, body) if isinstance(data, dict) else None), body
+
+
+def _rewritten(scope: Scope, receive: Receive, request: _Request) -> tuple[Scope, Receive]:
+    """The request as the GraphQL app must see it (with a persisted query filled in)."""
+    if request.method == "POST":
+        return scope, _replaying(receive, request.replay_body or b"")
+    if request.data.get("query") is None:
+        return scope, receive
+    params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    params["query"] = request.data["query"]
+    return {**scope, "query_string": urlencode(params).encode("latin-1")}, receive
+
+
+def _replaying(receive: Receive, body: bytes) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[int, dict[str, str], bytes]:
+    status, headers, chunks = 500, {}, []
+
+    async def keep(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, keep)
+    return status, headers, b"".join(chunks)
+
+
+def _cache_report(results: list[tuple[bool, dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    """The cache report of a single operation answered without errors, else None."""
+    if len(results) != 1:
+        return None
+    has_errors, response = results[0]
+    extensions = response.get("extensions") or {}
+    if has_errors or "data" not in response or set(extensions) != {"cache"}:
+        return None
+    return extensions["cache"] or None
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = {t.strip().removeprefix("W/").strip('"') for t in header.split(",")}
+    return etag in tags or f"{etag}-gz" in tags
+
+
+def _error(message: str, code: str) -> dict:
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+async def _send_json(send: Send, status: int, payload: dict, headers: dict[str, str]) -> None:
+    await _send(send, status, orjson.dumps(payload), {**headers, "content-type": "application/json"})
+
+
+async def _send(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+    if status != 304:
+        headers["content-length"] = str(len(body))
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+    })
+    await send({"type": "http.response.body", "body": body if status != 304 else b""})

@@ -1,0 +1,218 @@
+"""Whole-response cache, HTTP caching and persisted queries, through the app with a real Redis."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from gql.app import create_app
+from gql.config import Settings
+from gql.responses import deflate_open, gzip_body
+from tests.conftest import with_settings
+from tests.test_app import ADMIN, CHART, REFRESH, YIELD, statuses
+
+SMALL = '{ yieldThisYear(codes: ["HSI", "000300"]) { code yieldPct lastDate } }'
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def drain(client: TestClient) -> None:
+    client.portal.call(client.app.state.responses.drain)
+
+
+def post(client: TestClient, query: str, headers: dict | None = None, **variables):
+    response = client.post("/graphql", json={"query": query, "variables": variables}, headers=headers or {})
+    drain(client)
+    return response
+
+
+def response_hits(client: TestClient) -> int:
+    return client.app.state.responses.hits
+
+
+def field_lookups(client: TestClient) -> int:
+    cache = client.app.state.backend.cache
+    return sum(cache.computations.values())
+
+
+def test_second_request_is_answered_from_stored_bytes(client):
+    first = post(client, SMALL)
+    assert statuses(first.json()) == ["MISS"] and response_hits(client) == 0
+    computed = field_lookups(client)
+    second = post(client, SMALL)
+    assert response_hits(client) == 1 and field_lookups(client) == computed
+    assert second.json()["data"] == first.json()["data"]
+    assert statuses(second.json()) == ["HIT"]
+
+
+def test_cache_report_stays_truthful_on_stored_answers(client):
+    post(client, SMALL)
+    time.sleep(0.3)
+    entry = post(client, SMALL).json()["extensions"]["cache"][0]
+    assert entry["path"] == "yieldThisYear" and entry["status"] == "HIT"
+    assert 0.3 <= entry["ageSeconds"] < 5
+    assert entry["ttlSeconds"] == pytest.approx(43200 - entry["ageSeconds"], abs=0.01)
+
+
+def test_whitespace_and_comments_do_not_matter_but_variables_do(client):
+    post(client, YIELD, codes=["HSI"])
+    spaced = "# a comment\n" + YIELD.replace("{", " {\n  ").replace("}", "\n} ")
+    assert statuses(post(client, spaced, codes=["HSI"]).json()) == ["HIT"] and response_hits(client) == 1
+    post(client, YIELD, codes=["000300"])
+    assert response_hits(client) == 1
+
+
+def test_http_caching_headers_etag_and_304(client):
+    first = post(client, SMALL)
+    assert first.headers["cache-control"].startswith("public, max-age=")
+    assert 43190 <= int(first.headers["cache-control"].rsplit("=", 1)[1]) <= 43200
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and first.headers["age"] == "0"
+    second = post(client, SMALL)  # a stored answer; the test client accepts gzip
+    assert second.headers["etag"] == etag[:-1] + '-gz"' and second.headers["content-encoding"] == "gzip"
+    assert post(client, SMALL, headers={"Accept-Encoding": "identity"}).headers["etag"] == etag
+    not_modified = post(client, SMALL, headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert not_modified.headers["etag"].startswith(etag[:-1])
+    assert post(client, SMALL, headers={"If-None-Match": '"something-else"'}).status_code == 200
+
+
+def test_gzip_answers_are_valid_and_carry_the_same_data(client):
+    post(client, CHART, codes=["HSI"], f="WEEKLY")
+    plain = post(client, CHART, codes=["HSI"], f="WEEKLY")
+    with client.stream("POST", "/graphql", json={"query": CHART, "variables": {"codes": ["HSI"], "f": "WEEKLY"}},
+                       headers={"Accept-Encoding": "gzip"}) as streamed:
+        assert streamed.headers["content-encoding"] == "gzip"
+        assert streamed.headers["etag"].endswith('-gz"')
+        raw = b"".join(streamed.iter_raw())
+    body = orjson.loads(gzip.decompress(raw))
+    assert body["data"] == plain.json()["data"]
+    assert statuses(body) == ["HIT"]
+    assert len(raw) < len(plain.content) / 2
+
+
+def test_gzip_splice_round_trips():
+    prefix = b'{"data":' + orjson.dumps({"x": list(range(5000))})
+    tail = b',"extensions":{"cache":[]}}'
+    body = gzip_body(deflate_open(prefix), __import__("zlib").crc32(prefix), len(prefix), tail)
+    assert gzip.decompress(body) == prefix + tail
+
+
+def test_refresh_invalidates_stored_responses(client):
+    variant = '{ yieldThisYear(asOf: "2024-06-28") { code yieldPct } }'
+    post(client, SMALL)
+    post(client, variant)
+    assert post(client, REFRESH, headers=ADMIN).json()["data"]["refreshCache"]
+    hits = response_hits(client)
+    assert statuses(post(client, variant).json()) == ["REFRESHED"]
+    assert statuses(post(client, SMALL).json()) == ["REFRESHED"]
+    assert response_hits(client) == hits
+    assert statuses(post(client, SMALL).json()) == ["HIT"] and response_hits(client) == hits + 1
+
+
+def test_refresh_through_another_worker_invalidates_stored_responses(settings):
+    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+        post(one, SMALL)
+        post(two, SMALL)
+        assert response_hits(two) == 1  # stored by one, served by two
+        post(one, REFRESH, headers=ADMIN)
+        assert statuses(post(two, SMALL).json()) == ["REFRESHED"]
+
+
+def test_data_change_invalidates_stored_responses(settings, tmp_path):
+    from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
+    from gql.schema import DATA_CHECK_SECONDS
+
+    def write(last: float) -> None:
+        closes = make_closes(["2023-12-29", "2024-01-02"], [100.0, last])
+        write_index_file(tmp_path, IndexHistory(IndexMeta("TEST", "Test", "imported"), closes))
+
+    write(110.0)
+    with TestClient(create_app(with_settings(settings, data_dir=tmp_path))) as client:
+        query = "{ yieldThisYear { yieldPct } }"
+        post(client, query)
+        assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(10.0)
+        write(120.0)
+        time.sleep(DATA_CHECK_SECONDS + 0.1)
+        assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '{ yieldThisYear(codes: ["NOPE"]) { code } }',  # errors
+        "{ indexes { code } }",  # no cached field
+        "{ __schema { queryType { name } } yieldThisYear { code } }",  # introspection
+    ],
+)
+def test_what_is_never_stored(client, query):
+    first = post(client, query)
+    post(client, query)
+    assert response_hits(client) == 0
+    assert first.headers["cache-control"] == "no-store"
+
+
+def test_mutations_are_never_stored(client):
+    post(client, REFRESH, headers=ADMIN)
+    second = post(client, REFRESH, headers=ADMIN)
+    assert response_hits(client) == 0 and second.headers["cache-control"] == "no-store"
+
+
+def test_get_queries_are_cached_too(client):
+    params = {"query": SMALL}
+    first = client.get("/graphql", params=params)
+    drain(client)
+    second = client.get("/graphql", params=params)
+    assert second.status_code == 200 and response_hits(client) == 1
+    assert second.json()["data"] == first.json()["data"]
+
+
+def test_persisted_queries(client):
+    digest = hashlib.sha256(SMALL.encode()).hexdigest()
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": digest}}
+    unknown = client.get("/graphql", params={"extensions": orjson.dumps(extensions).decode()})
+    assert unknown.status_code == 200
+    assert unknown.json()["errors"][0]["message"] == "PersistedQueryNotFound"
+    registered = client.post("/graphql", json={"query": SMALL, "extensions": extensions})
+    assert registered.json()["data"]["yieldThisYear"]
+    drain(client)
+    by_hash = client.get("/graphql", params={"extensions": orjson.dumps(extensions).decode()})
+    assert by_hash.status_code == 200 and by_hash.json()["data"] == registered.json()["data"]
+    assert response_hits(client) == 1
+    posted = client.post("/graphql", json={"extensions": extensions})
+    assert posted.json()["data"] == registered.json()["data"]
+
+
+def test_persisted_query_hash_must_match(client):
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}
+    error = client.post("/graphql", json={"query": SMALL, "extensions": extensions}).json()["errors"][0]
+    assert error["extensions"]["code"] == "PERSISTED_QUERY_HASH_MISMATCH"
+    bad = client.post("/graphql", json={"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "x"}}})
+    assert bad.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_INVALID"
+
+
+def test_can_be_switched_off(settings):
+    with TestClient(create_app(with_settings(settings, response_cache=False))) as client:
+        post(client, SMALL)
+        second = post(client, SMALL)
+        assert statuses(second.json()) == ["HIT"] and response_hits(client) == 0
+        assert second.headers["cache-control"].startswith("public")
+
+
+def test_without_redis_answers_come_from_execution(settings, own_redis):
+    with TestClient(create_app(with_settings(settings, redis_url=own_redis.url))) as client:
+        post(client, SMALL)
+        assert response_hits(client) == 0
+        own_redis.stop()
+        body = post(client, SMALL).json()
+        assert "errors" not in body and body["data"]["yieldThisYear"]
