@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,11 @@ class _GraphQLApp(GraphQL):
 
     def encode_json(self, data: object) -> bytes:
         # Chart responses are megabytes of floats: orjson encodes them several times faster than json.
-        return orjson.dumps(data)
+        try:
+            return orjson.dumps(data)
+        except TypeError:
+            # orjson refuses lone surrogates, which graphql-core may echo from a variable into an error.
+            return json.dumps(data, separators=(",", ":")).encode()
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -181,8 +181,12 @@ class ResponseCacheApp:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
             await self.app(scope, receive, send)
             return
-        request, body = await _read(scope, receive)
-        if request is None:  # not a single JSON operation (a batch, a form, GraphiQL, bad JSON)
+        try:
+            request, body = await _read(scope, receive)
+        except _BadRequest as exc:
+            await _send_json(send, 400, _error(str(exc), "BAD_REQUEST"), {"cache-control": "no-store"})
+            return
+        if request is None:  # not a single JSON operation (a batch, a form, GraphiQL)
             await self.app(scope, _replaying(receive, body), send)
             return
         refusal = await self._resolve_persisted_query(request)
@@ -389,11 +393,29 @@ async def _read(scope: Scope, receive: Receive) -> tuple[_Request | None, bytes]
     body = b"".join(chunks)
     if "application/json" not in headers.get("content-type", ""):
         return None, body
+    data = _checked_json(body)
+    return (_Request("POST", headers, data, body) if isinstance(data, dict) else None), body
+
+
+class _BadRequest(ValueError):
+    """A request body that no GraphQL server could read; the message says what is expected."""
+
+
+def _checked_json(body: bytes) -> Any:
+    """The JSON of a POST body, refused unless it is an operation object or a batch of them."""
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, body
-    return (_Request("POST", headers, data, body) if isinstance(data, dict) else None), body
+    except orjson.JSONDecodeError as exc:
+        raise _BadRequest(f"the request body is not valid JSON in UTF-8 ({exc})") from None
+    if not isinstance(data, dict) and not (isinstance(data, list) and all(isinstance(op, dict) for op in data)):
+        raise _BadRequest(
+            'the request body must be a JSON object such as {"query": "{ indexes { code } }"}, or an array of such objects'
+        )
+    try:
+        orjson.dumps(data)  # refuses strings that are not Unicode text (lone surrogates from \ud800 escapes)
+    except TypeError:
+        raise _BadRequest("the request body holds a string that is not valid Unicode (a lone surrogate escape)") from None
+    return data
 
 
 def _rewritten(scope: Scope, receive: Receive, request: _Request) -> tuple[Scope, Receive]:
