@@ -156,12 +156,17 @@ def index_chart(store: PriceStore, codes: Sequence[str], start: dt.date, end: dt
 
 
 def yields_this_year(store: PriceStore, codes: Sequence[str], as_of: dt.date) -> list[YearToDate]:
-    """Year-to-date yield of several indexes as of one date, in the order of `codes`."""
+    """Year-to-date yield of several indexes as of one date, in the order of `codes`.
+
+    An index whose data ends before `as_of` (a stale import next to fresher ones) is measured at its
+    own last close, so one stale file does not make the whole table unanswerable; its `last_date` shows it.
+    """
     rows = []
     for code in codes:
+        history = store[code]
         try:
-            ytd = year_to_date(store[code].closes, as_of)
+            ytd = year_to_date(history.closes, min(as_of, history.last_date))
         except NoDataError as exc:
             raise NoDataError(f"index {code}: {exc}") from None
-        rows.append({"code": code, "name": store[code].meta.name, **ytd})
+        rows.append({"code": code, "name": history.meta.name, **ytd})
     return rows

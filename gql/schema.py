@@ -191,7 +191,9 @@ class IndexYield:
     yield_pct: float = strawberry.field(description="Percent change from baseClose to lastClose (-8.08 means -8.08 %).")
     base_date: dt.date
     base_close: float
-    last_date: dt.date = strawberry.field(description="Date of the last close on or before asOf.")
+    last_date: dt.date = strawberry.field(
+        description="Date of the last close on or before asOf (earlier when the index's data ends before asOf)."
+    )
     last_close: float
     base_is_first_close_of_year: bool = strawberry.field(
         description="True when the index has no close in the previous year, so the base is its first close of this year."
@@ -223,7 +225,9 @@ def resolve_codes(store: PriceStore, codes: Sequence[str] | None, max_codes: int
     known = {code.upper(): code for code in store.codes}
     resolved, unknown, seen = [], [], set()
     for raw in codes:
-        code = known.get(raw.strip().upper())
+        # ASCII only: str.upper() maps lookalikes such as 'ſ' (long s) onto ASCII letters.
+        typed = raw.strip()
+        code = known.get(typed.upper()) if typed.isascii() else None
         if code is None:
             unknown.append(raw)
         elif code in seen:

@@ -529,3 +529,17 @@ def test_year_to_date_values_are_json_ready(store):
     mid_year = year_to_date(_closes([("2024-06-03", 50.0), ("2024-06-04", 52.0)]), D(2024, 6, 4))
     _assert_plain(mid_year)
     assert orjson.loads(orjson.dumps(mid_year)) == mid_year
+
+
+def test_a_stale_index_is_measured_at_its_own_last_close():
+    # 000300 ends in January 2021, HSI runs to 2026: as of 2026-07-24 the stale index reports its own
+    # year-to-date at its last close (2021-01-27 against 2020-12-31) instead of failing the whole table.
+    store = PriceStore(
+        [
+            _history("000300", "CSI 300", [("2020-12-31", 100.0), ("2021-01-27", 105.0)]),
+            _history("HSI", "Hang Seng", [("2025-12-31", 200.0), ("2026-07-24", 190.0)]),
+        ]
+    )
+    stale, fresh = yields_this_year(store, ["000300", "HSI"], D(2026, 7, 24))
+    assert (stale["base_date"], stale["last_date"], stale["yield_pct"]) == ("2020-12-31", "2021-01-27", approx(5.0))
+    assert (fresh["base_date"], fresh["last_date"], fresh["yield_pct"]) == ("2025-12-31", "2026-07-24", approx(-5.0))

@@ -44,3 +44,17 @@ def test_contract_fields_and_arguments():
         block = sdl.split(f"type {type_name} {{", 1)[1].split("}", 1)[0]
         for field in fields:
             assert field in block, f"{type_name}.{field}"
+
+
+def test_lookalike_letters_are_not_index_codes():
+    import pytest
+
+    from gql.data import load_store
+    from gql.errors import UserInputError
+    from gql.schema import resolve_codes
+
+    store = load_store(None)
+    assert resolve_codes(store, [" hsi "]) == ("HSI",)
+    for lookalike in ("hſi", "HSı", "ＨＳＩ"):
+        with pytest.raises(UserInputError, match="unknown index code"):
+            resolve_codes(store, [lookalike])
