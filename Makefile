@@ -21,8 +21,10 @@ test: $(STAMP)
 schema: $(STAMP)
 	$(PY) -m gql export-schema --output schema.graphql
 
+# Also installs flask, gunicorn (bench/requirements.txt) and wrk; BENCH_ARGS="--duration 2 --rounds 1" for a quick run.
 bench: $(STAMP)
-	$(PY) bench/run.py
+	sh bench/setup.sh $(PY)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

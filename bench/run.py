@@ -1,158 +1,294 @@
-"""Cold and hit timings of the cached fields over real HTTP, against a baseline from the same run.
+"""The benchmark suite of `make bench`: the service against its ceiling and the Flask original, and more.
 
-Starts its own redis-server and one `python -m gql serve` worker on free ports, so it touches no
-other data. Writes a Markdown table to bench/results/http-timings.md and prints it.
+Starts one redis-server and five HTTP variants (one worker each) on free ports, so it touches no other
+data, then measures, in order:
+  1. throughput and latency of a small and a large query on every variant (wrk, round-robin rounds);
+  2. cold vs hit timings over HTTP on the service with all caches (sequential requests);
+  3. hit latency at rest and during concurrent cold computations;
+  4. in-process scaling of the cold chart computation with the number of indexes.
+Writes a Markdown report to bench/results/benchmark.md and prints it.
 
-    make bench                      # defaults
-    .venv/bin/python bench/run.py --hits 200 --colds 15
+    make bench                                             # defaults: a few minutes
+    make bench BENCH_ARGS="--duration 2 --rounds 1"        # quicker
+    .venv/bin/python -m bench.run --help
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import itertools
+import json
 import os
-import platform
+import shlex
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
+import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import report
+from bench.ceiling_app import key_for as ceiling_key
+from bench.flask_app import key_for as flask_key
+from bench.load import sequential, timed_post, wrk
+from bench.scaling import cold_scaling
+from bench.servers import ROOT, Server, all_variants, redis_server, started
+
 RESULTS = ROOT / "bench" / "results"
 
-CHART = "query($end: Date) { indexChart(end: $end, frequency: DAILY) { series { code totalReturn points { date close normalized drawdown } } } }"
-YIELD = "query($asOf: Date) { yieldThisYear(asOf: $asOf) { code yieldPct baseDate baseClose lastDate lastClose } }"
+SMALL = "{ yieldThisYear { code name yieldPct baseDate baseClose lastDate lastClose } }"
+LARGE = "{ indexChart(frequency: DAILY) { series { code points { date close } } } }"
+# Cold work for the loaded-latency section: the large query at a distinct end date misses the cache.
+CHART_AT = "query($end: Date) { indexChart(end: $end, frequency: DAILY) { series { code points { date close } } } }"
+# The cold-vs-hit section (kept from the first bench/run.py).
+CHART_4 = ("query($end: Date) { indexChart(end: $end, frequency: DAILY) "
+           "{ series { code totalReturn points { date close normalized drawdown } } } }")
+YIELD_AT = "query($asOf: Date) { yieldThisYear(asOf: $asOf) { code yieldPct baseDate baseClose lastDate lastClose } }"
+
+# Days back from the last date, never used twice in a run: every query built from one is a cache miss.
+_distinct_days = itertools.count(1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass(frozen=True)
+class Payload:
+    key: str
+    body: bytes
+    file: Path  # the body, for wrk
 
 
-def wait_until(check, what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not come up within {seconds:.0f} s")
+@dataclass(frozen=True)
+class Probe:
+    """A warm request: what measured requests will get."""
+
+    seconds: float
+    content: bytes
+    cache_status: str
 
 
-def timed(client: httpx2.Client, query: str, variables: dict) -> tuple[float, dict, int]:
-    began = time.perf_counter()
-    response = client.post("/graphql", json={"query": query, "variables": variables})
-    elapsed = time.perf_counter() - began
-    body = response.json()
-    if "errors" in body:
-        raise SystemExit(f"query failed: {body['errors']}")
-    return elapsed, body, len(response.content)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hits", type=int, default=100, help="hit requests per field")
-    parser.add_argument("--colds", type=int, default=10, help="cold (distinct-key) requests per field")
-    args = parser.parse_args()
-
-    redis_server = shutil.which("redis-server")
-    if not redis_server:
-        raise SystemExit("redis-server is not on PATH")
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    began, load_before = time.monotonic(), os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="gql-bench-"))
-    redis_port, port = free_port(), free_port()
-    redis_proc = subprocess.Popen(
-        [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "GQL_CACHE_PREFIX": f"bench-{uuid.uuid4().hex[:6]}",
-           "GQL_LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, "-m", "gql", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    payloads = [_payload(workdir, "small", SMALL), _payload(workdir, "large", LARGE)]
     try:
-        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            wait_until(lambda: client.get("/healthz").status_code == 200, "the server")
-            last = dt.date.fromisoformat(client.get("/healthz").json()["data"]["lastDate"])
-            rows = run(client, last, args.hits, args.colds)
+        with contextlib.ExitStack() as stack:
+            redis_url = stack.enter_context(redis_server(workdir))
+            servers = {}
+            for variant in all_variants(redis_url, uuid.uuid4().hex[:6]):
+                servers[variant.key] = stack.enter_context(started(variant, workdir))
+                _log(f"started {variant.title} at {servers[variant.key].url}")
+            probes = warm_and_seed(servers, payloads, redis_url)
+            cells = throughput(servers, payloads, probes, args)
+            full = servers["full"].url
+            last = _last_date(full)
+            cold_hit = cold_vs_hit(full, last, args)
+            loaded = hit_latency_during_cold(full, payloads[0].body, last, args)
+            load_during = os.getloadavg()[0]
+        server_logs = {path.stem: path.read_text(errors="replace").splitlines() for path in sorted(workdir.glob("*.log"))}
+        _log("timing index_chart in process")
+        scaling = cold_scaling(args.scaling_sizes, args.scaling_runs)
     finally:
-        server.terminate()
-        server.wait(15)
-        redis_proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
-    report = render(rows, args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "http-timings.md").write_text(report, encoding="utf-8")
-    print(report)
+
+    slow = f" Cells whose warm request took over {args.slow_ms:g} ms run with 1 connection for {args.slow_duration:g} s and no wrk warm-up."
+    settings = (f"One worker per variant, one shared redis-server, every variant warmed first. "
+                f"Per run: `wrk -t1 -c{args.connections} -d{args.duration:g}s` with bench/post.lua, "
+                + (f"after a {args.warmup:g} s warm-up; " if args.warmup > 0 else "no warm-up; ")
+                + f"{args.rounds} round(s), variants alternated round-robin; req/s, p50, p99: median of the rounds.{slow} "
+                "Ratios: this row's value over the ceiling's or Flask's for the same payload "
+                "(req/s: higher is better; p99: lower is better). Cache: the status a request got after each run.")
+    command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = report.render(
+        [report.throughput_section(cells, settings), report.cold_hit_section(cold_hit),
+         report.loaded_section(loaded, args.cold_clients, args.latency_seconds),
+         report.scaling_section(scaling, args.scaling_runs), report.logs_section(server_logs)],
+        command.strip(), time.monotonic() - began, (load_before, load_during),
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(text)
+    _log(f"wrote {args.output}")
     return 0
 
 
-def run(client: httpx2.Client, last: dt.date, hits: int, colds: int) -> list[dict]:
-    # Baseline: the same server answering a request that does no GraphQL and no cache work.
-    for _ in range(20):
-        client.get("/healthz")
-    baseline, size = [], 0
-    for _ in range(hits):
-        began = time.perf_counter()
-        size = len(client.get("/healthz").content)
-        baseline.append(time.perf_counter() - began)
-    rows = [{"name": "GET /healthz (baseline: one Redis PING, no GraphQL)", "cold": None, "hit": baseline, "bytes": size}]
-    for name, query, arg in [("yieldThisYear, all 10", YIELD, "asOf"), ("indexChart, all 10, DAILY, 4 fields", CHART, "end")]:
-        cold, size = [], 0
-        # Distinct keys of the same size: each request is a real miss (pandas work and a Redis write).
-        for k in range(colds):
-            elapsed, body, size = timed(client, query, {arg: (last - dt.timedelta(days=k)).isoformat()})
-            assert body["extensions"]["cache"][0]["status"] == "MISS", body["extensions"]
-            cold.append(elapsed)
-        hit = []
-        variables = {arg: last.isoformat()}
-        for _ in range(min(hits, 20 if "Chart" in name else hits)):
-            elapsed, body, size = timed(client, query, variables)
-            assert body["extensions"]["cache"][0]["status"] == "HIT", body["extensions"]
-            hit.append(elapsed)
-        rows.append({"name": name, "cold": cold, "hit": hit, "bytes": size})
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--duration", type=float, default=5, help="seconds per measured wrk run (default 5)")
+    add("--warmup", type=float, default=1, help="seconds of wrk warm-up before each run, 0 for none (default 1)")
+    add("--connections", type=int, default=8, help="wrk connections (default 8)")
+    add("--rounds", type=int, default=3, help="round-robin rounds over the variants (default 3)")
+    add("--slow-ms", type=float, default=100, help="a warm request slower than this runs with 1 connection (default 100)")
+    add("--slow-duration", type=float, default=5, help="seconds per run of such slow cells (default 5)")
+    add("--hits", type=int, default=100, help="cold-vs-hit: hit requests per small field (default 100)")
+    add("--chart-hits", type=int, default=10, help="cold-vs-hit: hit requests of the large chart (default 10)")
+    add("--colds", type=int, default=5, help="cold-vs-hit: cold requests per field (default 5)")
+    add("--latency-seconds", type=float, default=5, help="hit-latency sampling time, at rest and under load (default 5)")
+    add("--cold-clients", type=int, default=4, help="concurrent cold-computation clients (default 4)")
+    add("--scaling-sizes", type=lambda s: [int(n) for n in s.split(",")], default=[10, 100, 1000],
+        help="index counts for the in-process scaling (default 10,100,1000)")
+    add("--scaling-runs", type=int, default=3, help="runs per size, the median is reported (default 3)")
+    add("--output", type=Path, default=RESULTS / "benchmark.md", help="report file (default bench/results/benchmark.md)")
+    return parser
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _payload(workdir: Path, key: str, query: str) -> Payload:
+    body = json.dumps({"query": query}).encode()
+    file = workdir / f"{key}.json"
+    file.write_bytes(body)
+    return Payload(key, body, file)
+
+
+def _graphql_body(query: str, variables: dict) -> bytes:
+    return json.dumps({"query": query, "variables": variables}).encode()
+
+
+def _last_date(url: str) -> dt.date:
+    with httpx2.Client(base_url=url, timeout=30) as client:
+        return dt.date.fromisoformat(client.get("/healthz").json()["data"]["lastDate"])
+
+
+# --- warming and seeding ----------------------------------------------------------------------------
+
+
+def probe(server: Server, payload: Payload, fill: bool = True) -> Probe:
+    """One timed request whose answer is kept, after one that fills the caches when `fill`."""
+    with httpx2.Client(base_url=server.url, timeout=300) as client:
+        if fill:
+            timed_post(client, payload.body)
+        seconds, response = timed_post(client, payload.body)
+    body = response.json()
+    if "errors" in body:
+        raise SystemExit(f"{server.variant.key} answered {payload.key} with errors: {body['errors']}")
+    statuses = sorted({entry["status"] for entry in body.get("extensions", {}).get("cache", [])})
+    status = "/".join(statuses) or "-"
+    expect = server.variant.expect
+    if expect and statuses != [expect]:
+        _log(f"warning: {server.variant.key} {payload.key}: cache status {status}, expected {expect}")
+    return Probe(seconds, response.content, status)
+
+
+def warm_and_seed(servers: dict[str, Server], payloads: list[Payload], redis_url: str) -> dict[tuple[str, str], Probe]:
+    """Warms every variant; the ceiling and Flask get what the full service answers, so all serve the same data."""
+    probes = {("full", p.key): probe(servers["full"], p) for p in payloads}
+    store = redis.Redis.from_url(redis_url)
+    for p in payloads:
+        served = probes["full", p.key].content
+        store.set(ceiling_key(p.body), served)
+        # The Flask view cached the dict of the GraphQL response data and returned it with jsonify.
+        store.set(flask_key(p.body), json.dumps({"data": json.loads(served)["data"]}))
+    store.close()
+    for key, server in servers.items():
+        for p in payloads:
+            if key != "full":
+                probes[key, p.key] = probe(server, p)
+            _log(f"warm {key:9} {p.key}: {len(probes[key, p.key].content):,} bytes, "
+                 f"{probes[key, p.key].seconds * 1000:.1f} ms, cache {probes[key, p.key].cache_status}")
+    return probes
+
+
+# --- measurements -----------------------------------------------------------------------------------
+
+
+def throughput(servers: dict[str, Server], payloads: list[Payload], probes: dict, args) -> list[report.Cell]:
+    """wrk on every (variant, payload), round-robin over the variants for `args.rounds` rounds."""
+    runs: dict[tuple[str, str], list] = {(v, p.key): [] for p in payloads for v in servers}
+    statuses: dict[tuple[str, str], set] = {(v, p.key): {probes[v, p.key].cache_status} for p in payloads for v in servers}
+    for round_no in range(1, args.rounds + 1):
+        for p in payloads:
+            for key, server in servers.items():
+                url = server.url + "/graphql"
+                if probes[key, p.key].seconds * 1000 > args.slow_ms:
+                    result = wrk(url, p.file, 1, args.slow_duration)
+                else:
+                    if args.warmup > 0:
+                        wrk(url, p.file, args.connections, args.warmup)
+                    result = wrk(url, p.file, args.connections, args.duration)
+                runs[key, p.key].append(result)
+                # What the requests of this run were answered with (the cache may have changed under load).
+                statuses[key, p.key].add(probe(server, p, fill=False).cache_status)
+                _log(f"round {round_no}/{args.rounds} {p.key:5} {key:9} {result.rps:9,.1f} req/s  "
+                     f"p50 {result.p50_ms:8.2f} ms  p99 {result.p99_ms:8.2f} ms  errors {result.errors}")
+    return [
+        report.Cell(key, server.variant.title, p.key, len(probes[key, p.key].content),
+                    ", ".join(sorted(statuses[key, p.key])) if server.variant.expect else "-", runs[key, p.key])
+        for p in payloads for key, server in servers.items()
+    ]
+
+
+def cold_vs_hit(url: str, last: dt.date, args) -> list[dict]:
+    """Sequential cold (distinct-key) and hit requests of both fields, and a baseline request."""
+    with httpx2.Client(base_url=url, timeout=300) as client:
+        for _ in range(20):
+            client.get("/healthz")
+        baseline = []
+        for _ in range(args.hits):
+            began = time.perf_counter()
+            size = len(client.get("/healthz").content)
+            baseline.append(time.perf_counter() - began)
+        rows = [{"name": "GET /healthz (baseline)", "cold": None, "hit": baseline, "bytes": size}]
+        for name, query, arg, hits in [("yieldThisYear, all 10", YIELD_AT, "asOf", args.hits),
+                                       ("indexChart, all 10, DAILY, 4 fields", CHART_4, "end", args.chart_hits)]:
+            _log(f"cold vs hit: {name}")
+            cold = []
+            for _ in range(args.colds):
+                day = last - dt.timedelta(days=next(_distinct_days))
+                cold.append(timed_post(client, _graphql_body(query, {arg: day.isoformat()}))[0])
+            body = _graphql_body(query, {arg: last.isoformat()})
+            timed_post(client, body)  # the first may be a miss
+            hit, size = [], 0
+            for _ in range(hits):
+                seconds, response = timed_post(client, body)
+                hit.append(seconds)
+                size = len(response.content)
+            rows.append({"name": name, "cold": cold, "hit": hit, "bytes": size})
     return rows
 
 
-def render(rows: list[dict], args: argparse.Namespace) -> str:
-    base = statistics.median(rows[0]["hit"])
-    lines = [
-        "# HTTP timings: cold and hit",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; one uvicorn worker, its own redis-server, sequential requests (httpx, keep-alive).",
-        f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `bench/run.py --hits {args.hits} --colds {args.colds}`.",
-        "",
-        "| request | response bytes | cold p50 ms | cold max ms | hit p50 ms | hit p99 ms | hit/cold (p50) | hit/baseline (p50) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        hit50, hit99 = statistics.median(row["hit"]) * 1000, percentile(row["hit"], 0.99) * 1000
-        if row["cold"]:
-            cold50, cold_max = statistics.median(row["cold"]) * 1000, max(row["cold"]) * 1000
-            cold_cells = f"{cold50:.1f} | {cold_max:.1f}"
-            ratio = f"{hit50 / cold50:.2f}"
-        else:
-            cold_cells, ratio = "- | -", "-"
-        lines.append(
-            f"| {row['name']} | {row['bytes']:,} | {cold_cells} | {hit50:.1f} | {hit99:.1f} | {ratio} | {hit50 / (base * 1000):.1f}x |"
-        )
-    lines.append("")
-    return "\n".join(lines)
+def hit_latency_during_cold(url: str, small: bytes, last: dt.date, args) -> dict:
+    """Small-query hit latency at rest, then while `args.cold_clients` threads keep cold chart queries running."""
+    stop = threading.Event()
+    colds: list[float] = []
+    statuses: Counter = Counter()
+    errors: list[str] = []
+
+    def load() -> None:
+        with httpx2.Client(base_url=url, timeout=600) as client:
+            while not stop.is_set():
+                day = last - dt.timedelta(days=next(_distinct_days))
+                try:
+                    seconds, response = timed_post(client, _graphql_body(CHART_AT, {"end": day.isoformat()}))
+                    statuses[response.json()["extensions"]["cache"][0]["status"]] += 1
+                    colds.append(seconds)
+                except Exception as exc:  # reported, not fatal: the section says how many ran
+                    errors.append(repr(exc))
+                    return
+
+    with httpx2.Client(base_url=url, timeout=300) as client:
+        _log("hit latency at rest")
+        at_rest = sequential(client, small, args.latency_seconds)
+        loaders = [threading.Thread(target=load, daemon=True) for _ in range(args.cold_clients)]
+        for thread in loaders:
+            thread.start()
+        time.sleep(0.5)  # every loader has a request in flight
+        _log(f"hit latency during {args.cold_clients} cold computations")
+        under_load = sequential(client, small, args.latency_seconds)
+        stop.set()
+        for thread in loaders:
+            thread.join(600)
+    return {"at_rest": at_rest, "under_load": under_load, "colds": colds, "statuses": statuses, "errors": errors}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The benchmark suite of `make bench`: see bench/run.py."""

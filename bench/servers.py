@@ -1,0 +1,142 @@
+"""The processes the benchmark starts: one redis-server and the HTTP variants, each on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of serving the same payloads; `expect` is the cache status of a warm request (None: not ours)."""
+
+    key: str
+    title: str
+    argv: Callable[[int], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class Server:
+    variant: Variant
+    url: str
+
+
+def ceiling(redis_url: str) -> Variant:
+    return Variant(
+        "ceiling", "1. ceiling: Starlette, one Redis GET of the response bytes",
+        lambda port: [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--app-dir", str(BENCH), "--host", "127.0.0.1",
+                      "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
+        {"BENCH_REDIS_URL": redis_url},
+    )
+
+
+def flask(redis_url: str) -> Variant:
+    return Variant(
+        "flask", "2. original: Flask + gunicorn 8 threads, get/loads/jsonify",
+        lambda port: [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "8", "--chdir", str(BENCH),
+                      "-b", f"127.0.0.1:{port}", "--log-level", "warning", "flask_app:app"],
+        {"BENCH_REDIS_URL": redis_url},
+    )
+
+
+def service(key: str, title: str, redis_url: str, run_id: str, expect: str, **env: str) -> Variant:
+    """`python -m gql serve`, one worker, under its own cache prefix."""
+    return Variant(
+        key, title,
+        lambda port: [sys.executable, "-m", "gql", "serve", "--port", str(port), "--workers", "1"],
+        {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"bench-{run_id}-{key}", "GQL_LOG_LEVEL": "warning", **env},
+        expect=expect,
+    )
+
+
+def all_variants(redis_url: str, run_id: str) -> list[Variant]:
+    return [
+        ceiling(redis_url),
+        flask(redis_url),
+        service("nocache", "3. service, caching off", redis_url, run_id, "BYPASS", GQL_CACHE_ENABLED="false"),
+        service("resolver", "4. service, resolver cache only", redis_url, run_id, "HIT", GQL_RESPONSE_CACHE="false"),
+        service("full", "5. service, all caches (defaults)", redis_url, run_id, "HIT"),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, seconds: float = 60, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{what} did not come up within {seconds:.0f} s")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A throwaway redis-server (no persistence); yields its URL."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise SystemExit("redis-server is not on PATH (bench/setup.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _listening(port), "redis-server", 15, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def started(variant: Variant, workdir: Path) -> Iterator[Server]:
+    """Runs one variant until the block ends; its output goes to `workdir/<key>.log`, shown if it fails to start."""
+    port = free_port()
+    # Our own settings only: GQL_* variables of the caller's shell would change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GQL_")} | variant.env
+    log_path = workdir / f"{variant.key}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(variant.argv(port), cwd=variant.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_until(lambda: _listening(port), f"variant {variant.key}", proc=proc)
+        except SystemExit:
+            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        yield Server(variant, f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
