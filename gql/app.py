@@ -25,12 +25,13 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
 from gql import __version__
-from gql.cache import CacheConfig, CacheState, ResultCache
+from gql.cache import CacheState, ResultCache, cache_config
 from gql.config import Settings
 from gql.data import PriceSource
 from gql.logs import REQUEST_ID_HEADER, install_record_factory, new_request_id, request_id
 from gql.responses import ResponseCacheApp, record_result
 from gql.schema import CACHED_FIELDS, Backend, Context, build_schema
+from gql.workers import QueryWorkers
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +59,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     install_record_factory()
 
-    cache = ResultCache(
-        CacheConfig(
-            redis_url=settings.redis_url, prefix=settings.cache_prefix, timeout=settings.redis_timeout,
-            retry_seconds=settings.redis_retry_seconds, local_entries=settings.local_cache_entries,
-            enabled=settings.cache_enabled, max_entry_bytes=settings.cache_max_entry_bytes,
-        )
-    )
+    cache = ResultCache(cache_config(settings))
+    workers = QueryWorkers(settings, settings.query_processes) if settings.query_processes else None
 
     async def data_version() -> str:
         return (await app.state.backend.store()).version
 
     graphql = ResponseCacheApp(
         _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None),
-        cache, data_version, CACHED_FIELDS,
+        cache, data_version, CACHED_FIELDS, workers=workers,
         enabled=settings.response_cache, memory_bytes=settings.response_memory_bytes, apq_ttl=settings.apq_ttl,
     )
 
@@ -83,6 +79,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
             app.state.responses = graphql
             state = await cache.check()
+            if workers is not None:
+                await workers.warm()
             log.info(
                 "serving %d indexes from %s (data version %s); cache %s",
                 len(prices.store), prices.description, prices.store.version, state.value,
@@ -90,6 +88,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await graphql.drain()
+            if workers is not None:
+                workers.close()
             await cache.close()
             pool.shutdown(wait=False, cancel_futures=True)
 

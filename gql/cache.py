@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gql import metrics
+from gql.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,14 @@ class CacheConfig:
     bulk_timeout: float = 2.0
 
 
+def cache_config(settings: Settings) -> CacheConfig:
+    return CacheConfig(
+        redis_url=settings.redis_url, prefix=settings.cache_prefix, timeout=settings.redis_timeout,
+        retry_seconds=settings.redis_retry_seconds, local_entries=settings.local_cache_entries,
+        enabled=settings.cache_enabled, max_entry_bytes=settings.cache_max_entry_bytes,
+    )
+
+
 def cache_key(prefix: str, namespace: str, parts: Mapping[str, Any]) -> str:
     """A key from a namespace and normalized arguments; the arguments are hashed, never embedded."""
     digest = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
@@ -129,7 +138,6 @@ class ResultCache:
             retry_on_error=[],
             health_check_interval=0,
         )
-        self._store_script = self._redis.register_script(_STORE_IF_CURRENT)
         # Megabyte values (whole responses) are moved off the request path or once per worker; they
         # get their own connections and a longer bound, and their failures do not trip the breaker.
         self._bulk = redis.Redis.from_url(
@@ -140,6 +148,7 @@ class ResultCache:
             retry_on_error=[],
             health_check_interval=0,
         )
+        self._store_script = self._bulk.register_script(_STORE_IF_CURRENT)
         self._store_all_script = self._bulk.register_script(_STORE_ALL_IF_CURRENT)
         self._state = CacheState.OK if config.enabled else CacheState.DISABLED
         metrics.REDIS_UP.set(1 if config.enabled else 0)
@@ -166,7 +175,7 @@ class ResultCache:
     ) -> CacheResult:
         """The cached value for these arguments, computing and storing it on a miss."""
         if self._state is CacheState.DISABLED:
-            metrics.CACHE_LOOKUPS.labels(namespace, "bypass").inc()
+            metrics.lookup(namespace, "bypass")
             return CacheResult(await self._timed(namespace, compute), CacheStatus.BYPASS, 0.0, 0.0)
         key = cache_key(self.config.prefix, namespace, parts)
         use_redis = await self._redis_available()
@@ -175,10 +184,10 @@ class ResultCache:
         if entry is not None and entry.generation == generation:
             age = max(0.0, now - entry.created)
             if age < entry.ttl:
-                metrics.CACHE_LOOKUPS.labels(namespace, "hit").inc()
+                metrics.lookup(namespace, "hit")
                 return CacheResult(entry.value, CacheStatus.HIT, age, entry.ttl - age)
         status = CacheStatus.REFRESHED if entry is not None and entry.generation < generation else CacheStatus.MISS
-        metrics.CACHE_LOOKUPS.labels(namespace, status.value.lower()).inc()
+        metrics.lookup(namespace, status.value.lower())
         # Callers asking the same question under the same generation share one computation; one
         # that is cancelled (client gone) does not cancel it for the others.
         flight_key = (key, generation, use_redis)
@@ -210,11 +219,18 @@ class ResultCache:
         if not use_redis:
             return self._local_generations.get(namespace, 0), self._local.get(key)
         try:
-            raw_generation, raw_entry = await self._redis.mget(self._generation_key(namespace), key)
+            raw_generation = await self._redis.get(self._generation_key(namespace))
         except (RedisError, OSError) as exc:
             self._mark_degraded(exc)
             return self._local_generations.get(namespace, 0), self._local.get(key)
         generation = int(raw_generation or 0)
+        # Redis has just answered; the entry may be megabytes, so it is read with the longer bound
+        # and a slow read is a miss, not a reason to stop using Redis.
+        try:
+            raw_entry = await self._bulk.get(key)
+        except (RedisError, OSError) as exc:
+            log.info("reading cache entry %s failed (%s); computing instead", key, exc.__class__.__name__)
+            return generation, None
         if raw_entry is None:
             return generation, None
         try:
@@ -232,7 +248,7 @@ class ResultCache:
         entry = _Entry(generation, self._clock(), ttl, value)
         encoded = entry.encode()
         if len(encoded) > self.config.max_entry_bytes:
-            metrics.OVERSIZE_ENTRIES.labels(namespace).inc()
+            metrics.oversize(namespace)
             if namespace not in self._oversize_logged:
                 self._oversize_logged.add(namespace)
                 log.warning(
@@ -245,19 +261,20 @@ class ResultCache:
                 await self._store_script(
                     keys=[self._generation_key(namespace), key], args=[generation, encoded, max(1, int(ttl * 1000))]
                 )
-                return value
             except (RedisError, OSError) as exc:
-                self._mark_degraded(exc)
-                return value
+                log.info("storing cache entry %s failed (%s); served, not stored", key, exc.__class__.__name__)
+            return value
         if self._local_generations.get(namespace, 0) == generation:
             self._remember_locally(key, entry)
         return value
 
     async def _timed(self, namespace: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         self.computations[namespace] += 1
-        metrics.COMPUTATIONS.labels(namespace).inc()
-        with metrics.COMPUTATION_SECONDS.labels(namespace).time():
+        began = time.perf_counter()
+        try:
             return await compute()
+        finally:
+            metrics.computation(namespace, time.perf_counter() - began)
 
     def _remember_locally(self, key: str, entry: _Entry) -> None:
         self._local[key] = entry
@@ -270,6 +287,8 @@ class ResultCache:
             return True
         if self._state is CacheState.DISABLED or time.monotonic() < self._retry_at:
             return False
+        # One probe at a time: callers arriving meanwhile keep to the local cache until it succeeds.
+        self._retry_at = time.monotonic() + self.config.retry_seconds
         try:
             await self._redis.ping()
             for namespace in sorted(self._pending_invalidations):

@@ -32,6 +32,8 @@ class Settings:
     yield_ttl: float = 43200.0
     local_cache_entries: int = 256
     compute_threads: int = 2
+    # Worker processes for cacheable queries that miss the response cache (0: run them in the server).
+    query_processes: int = 1
     admin_token: str | None = None
     # A file holding the token (a mounted secret); read at start, used when GQL_ADMIN_TOKEN is unset.
     admin_token_file: Path | None = None
@@ -95,6 +97,7 @@ class Settings:
             (self.yield_ttl > 0, "GQL_YIELD_TTL must be a positive number of seconds"),
             (self.local_cache_entries >= 1, "GQL_LOCAL_CACHE_ENTRIES must be at least 1"),
             (self.compute_threads >= 1, "GQL_COMPUTE_THREADS must be at least 1"),
+            (self.query_processes >= 0, "GQL_QUERY_PROCESSES must be >= 0"),
             (bool(self.cache_prefix), "GQL_CACHE_PREFIX must not be empty"),
             (self.max_body_bytes >= 1024, "GQL_MAX_BODY_BYTES must be at least 1024"),
             (self.max_aliases >= 0, "GQL_MAX_ALIASES must be >= 0"),

@@ -16,3 +16,49 @@ OVERSIZE_ENTRIES = Counter(
     "gql_cache_oversize_total", "Results served but not cached because they exceed GQL_CACHE_MAX_ENTRY_BYTES", ["field"]
 )
 REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
+
+
+# In a query worker process (gql/workers.py) metrics are recorded as events and sent back with the
+# answer, so that the server's /metrics counts the work of its workers too.
+_events: list[tuple] | None = None
+
+
+def capture() -> list[tuple]:
+    global _events
+    _events = []
+    return _events
+
+
+def release() -> None:
+    global _events
+    _events = None
+
+
+def lookup(field: str, outcome: str) -> None:
+    _record(("lookup", field, outcome))
+
+
+def computation(field: str, seconds: float) -> None:
+    _record(("computation", field, seconds))
+
+
+def oversize(field: str) -> None:
+    _record(("oversize", field))
+
+
+def _record(event: tuple) -> None:
+    if _events is not None:
+        _events.append(event)
+    else:
+        apply([event])
+
+
+def apply(events: list[tuple]) -> None:
+    for kind, field, *rest in events:
+        if kind == "lookup":
+            CACHE_LOOKUPS.labels(field, rest[0]).inc()
+        elif kind == "computation":
+            COMPUTATIONS.labels(field).inc()
+            COMPUTATION_SECONDS.labels(field).observe(rest[0])
+        elif kind == "oversize":
+            OVERSIZE_ENTRIES.labels(field).inc()

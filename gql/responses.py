@@ -38,6 +38,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gql.cache import CacheState, ResultCache
+from gql.logs import request_id
+from gql.workers import Job, QueryWorkers, deflate_open
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +131,6 @@ def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
     return _GZIP_HEADER + deflated + stored_block + trailer
 
 
-def deflate_open(raw: bytes) -> bytes:
-    """Raw deflate of `raw` ending on a byte boundary with no final block, so more can follow."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
-    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
 # --- the ASGI layer ----------------------------------------------------------------------------------
@@ -156,11 +154,13 @@ class ResponseCacheApp:
         data_version: Callable[[], Awaitable[str]],
         cached_fields: frozenset[str],
         *,
+        workers: QueryWorkers | None = None,
         enabled: bool = True,
         memory_bytes: int = 64 * 1024 * 1024,
         apq_ttl: float = 7 * 86400,
     ) -> None:
         self.app = app
+        self.workers = workers
         self.cache = cache
         self.data_version = data_version
         self.cached_fields = cached_fields
@@ -287,18 +287,16 @@ class ResponseCacheApp:
         self, scope: Scope, receive: Receive, send: Send, request: _Request, cacheable: bool,
         store_as: tuple[str, dict[str, int]] | None,
     ) -> None:
-        """Run the GraphQL app, keep its answer, add HTTP caching headers, store it when it may be."""
-        status, headers, body = await _capture(self.app, scope, receive)
-        results = scope.get(RESULTS_SCOPE_KEY, [])
-        report = _cache_report(results) if status == 200 and cacheable else None
-        if not report:
+        """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
+        outcome = await self._in_worker(request) if cacheable and self.workers is not None else None
+        if outcome is None:
+            outcome = await self._in_server(scope, receive, cacheable)
+        status, headers, body, stored = outcome
+        if stored is None:
             headers.setdefault("cache-control", "no-store")
             await _send(send, status, body, headers)
             return
-        raw = b'{"data":' + orjson.dumps(results[0][1]["data"])
         now = time.time()
-        fields = tuple((e["path"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
-        stored = StoredResponse(hashlib.sha256(raw).hexdigest()[:32], fields, raw, b"", 0)
         headers.update({
             "cache-control": f"public, max-age={max(0, int(stored.expires - now))}",
             "age": str(max(0, int(now - stored.created))),
@@ -314,18 +312,45 @@ class ResponseCacheApp:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
+    async def _in_server(self, scope: Scope, receive: Receive, cacheable: bool) -> _Outcome:
+        status, headers, body = await _capture(self.app, scope, receive)
+        results = scope.get(RESULTS_SCOPE_KEY, [])
+        report = _cache_report(results) if status == 200 and cacheable else None
+        if not report:
+            return status, headers, body, None
+        raw = b'{"data":' + orjson.dumps(results[0][1]["data"])
+        return status, headers, body, _storable(raw, report, b"", 0)
+
+    async def _in_worker(self, request: _Request) -> _Outcome | None:
+        variables = request.data.get("variables")
+        if not isinstance(variables, (dict, type(None))):
+            return None  # the GraphQL app answers that with its own error
+        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get())
+        answer = await self.workers.execute(job)
+        if answer is None:
+            return None
+        headers = {"content-type": "application/json"}
+        body = answer.prefix + answer.tail
+        stored = _storable(answer.prefix, answer.report, answer.deflated, answer.crc) if answer.deflated else None
+        return 200, headers, body, stored
+
     async def _store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:
-        raw = stored.raw
-        # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
-        deflated, crc = await asyncio.get_running_loop().run_in_executor(None, lambda: (deflate_open(raw), zlib.crc32(raw)))
-        complete = StoredResponse(stored.etag, stored.fields, raw, deflated, crc)
-        ttl = complete.expires - time.time()
-        if ttl <= 0:
-            return
-        meta = orjson.dumps({"etag": complete.etag, "fields": complete.fields, "crc": crc, "generations": generations})
-        items = {self._key_of(key, _META): meta, self._key_of(key, _RAW): raw, self._key_of(key, _DEFLATE): deflated}
-        if await self.cache.write(generations, items, ttl):
-            self._remember(key, complete)
+        try:
+            if not stored.deflated:
+                # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
+                raw = stored.raw
+                deflated, crc = await asyncio.get_running_loop().run_in_executor(None, lambda: (deflate_open(raw), zlib.crc32(raw)))
+                stored = StoredResponse(stored.etag, stored.fields, raw, deflated, crc)
+            ttl = stored.expires - time.time()
+            if ttl <= 0:
+                return
+            meta = orjson.dumps({"etag": stored.etag, "fields": stored.fields, "crc": stored.crc, "generations": generations})
+            items = {self._key_of(key, _META): meta, self._key_of(key, _RAW): stored.raw, self._key_of(key, _DEFLATE): stored.deflated}
+            if await self.cache.write(generations, items, ttl):
+                self._remember(key, stored)
+        except Exception:
+            # Storing is an optimization: the answer has been sent; the next request computes again.
+            log.exception("storing a response failed")
 
     # -- keys and persisted queries ------------------------------------------------------------------
 
@@ -455,6 +480,16 @@ async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[int, d
 
     await app(scope, receive, keep)
     return status, headers, b"".join(chunks)
+
+
+_Outcome = tuple[int, dict[str, str], bytes, "StoredResponse | None"]
+
+
+def _storable(raw: bytes, report: list[dict[str, Any]], deflated: bytes, crc: int) -> StoredResponse:
+    """An answer to store, with each field's computation time and lifetime taken from its report."""
+    now = time.time()
+    fields = tuple((e["path"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
+    return StoredResponse(hashlib.sha256(raw).hexdigest()[:32], fields, raw, deflated, crc)
 
 
 def _cache_report(results: list[tuple[bool, dict[str, Any]]]) -> list[dict[str, Any]] | None:

@@ -78,7 +78,7 @@ class Backend:
 
 @dataclass
 class Context:
-    request: Request
+    request: Request | None  # None in a query worker process (gql/workers.py), which serves only queries
     backend: Backend
 
 
@@ -398,7 +398,7 @@ def _check_admin(info: Info) -> None:
 
 
 def _client(info: Info) -> str:
-    client = info.context.request.client
+    client = info.context.request.client if info.context.request else None
     return client.host if client else "unknown"
 
 

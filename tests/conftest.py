@@ -103,6 +103,9 @@ def settings(redis_server: RedisServer) -> Settings:
         cache_prefix=f"test-{uuid.uuid4().hex[:8]}",
         admin_token="test-admin-token",
         redis_retry_seconds=0.2,
+        # In-process execution, so tests can look at the server's own counters; tests/test_workers.py
+        # and the HTTP tests (tests/test_e2e.py, tests/test_fuzz.py) run the default worker processes.
+        query_processes=0,
     )
 
 

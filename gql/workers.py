@@ -1,0 +1,169 @@
+"""Query execution in worker processes, so that cold computations never hold the server's event loop.
+
+pandas work already runs in threads, but the rest of a cold answer (completing and encoding a
+megabyte result, compressing it for storage) is Python that holds the GIL; on the server's process
+it makes every cache hit behind it wait. A cacheable query that misses the response cache is sent
+here instead: a worker process runs the same schema with its own Redis connection and in-process
+cache, and returns the encoded answer (plus its compressed copy and the metrics it recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from strawberry.types.graphql import OperationType
+
+from gql import metrics
+from gql.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An encoded answer: `prefix + tail` is the body; `prefix` is `{"data":...` when there are no errors."""
+
+    prefix: bytes
+    tail: bytes
+    has_errors: bool
+    report: list[dict[str, Any]]
+    deflated: bytes  # of `prefix`, ready to store (empty when not storable)
+    crc: int
+    metric_events: list[tuple]
+
+
+class QueryWorkers:
+    """A pool of worker processes executing queries; `None` from `execute` means run it here instead."""
+
+    def __init__(self, settings: Settings, processes: int) -> None:
+        self.settings = settings
+        self.processes = processes
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.processes, initializer=_start_worker, initargs=(self.settings,))
+
+    async def execute(self, job: Job) -> Answer | None:
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(self._pool, _run_job, job)
+        except BrokenProcessPool:
+            log.error("a query worker process died; starting new ones and answering this request in the server")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            return None
+        except Exception:
+            log.exception("a query worker failed; answering this request in the server")
+            return None
+        metrics.apply(answer.metric_events)
+        return answer
+
+    async def warm(self) -> None:
+        """Start the processes now (they load the data) rather than on the first cold query."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*[loop.run_in_executor(self._pool, _ping) for _ in range(self.processes)])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- inside a worker process ------------------------------------------------------------------------
+
+_worker: _Worker | None = None
+
+
+def _start_worker(settings: Settings) -> None:
+    global _worker
+    from gql.logs import configure, install_record_factory
+
+    configure(settings.log_level, settings.log_json)
+    install_record_factory()
+    _worker = _Worker(settings)
+
+
+def _ping() -> bool:
+    return _worker is not None
+
+
+def _run_job(job: Job) -> Answer:
+    assert _worker is not None, "worker not started"
+    return _worker.run(job)
+
+
+class _Worker:
+    def __init__(self, settings: Settings) -> None:
+        from gql.cache import ResultCache, cache_config
+        from gql.data import PriceSource
+        from gql.schema import Backend, build_schema
+
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.schema = build_schema(settings)
+        self.backend = Backend(
+            settings=settings,
+            prices=PriceSource(settings.data_dir),
+            cache=ResultCache(cache_config(settings)),
+            pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="gql-compute"),
+        )
+
+    def run(self, job: Job) -> Answer:
+        events = metrics.capture()
+        try:
+            return self.loop.run_until_complete(self._execute(job, events))
+        finally:
+            metrics.release()
+
+    async def _execute(self, job: Job, events: list[tuple]) -> Answer:
+        from gql.logs import request_id
+        from gql.schema import Context
+
+        request_id.set(job.request_id)
+        result = await self.schema.execute(
+            job.query,
+            variable_values=job.variables,
+            context_value=Context(request=None, backend=self.backend),
+            operation_name=job.operation_name,
+            allowed_operation_types={OperationType.QUERY},
+        )
+        prefix = b'{"data":' + orjson.dumps(result.data)
+        tail = b""
+        if result.errors:
+            tail += b',"errors":' + _dumps([error.formatted for error in result.errors])
+        extensions = result.extensions or {}
+        if extensions:
+            tail += b',"extensions":' + _dumps(extensions)
+        tail += b"}"
+        report = list(extensions.get("cache") or [])
+        storable = not result.errors and bool(report)
+        deflated = deflate_open(prefix) if storable else b""
+        return Answer(prefix, tail, bool(result.errors), report, deflated, zlib.crc32(prefix) if storable else 0, events)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # a lone surrogate echoed from a variable into an error message
+        import json
+
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def deflate_open(raw: bytes) -> bytes:
+    """Raw deflate of `raw` ending on a byte boundary with no final block, so a final block can follow."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+

@@ -1,0 +1,79 @@
+"""Cacheable queries executed in worker processes (the default) answer exactly as in the server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from gql.app import create_app
+from gql.config import Settings
+from tests.conftest import with_settings
+from tests.test_app import CHART, YIELD, statuses
+
+QUERIES = [
+    (CHART, {"codes": ["HSI", "000300"], "f": "WEEKLY", "start": "2019-06-01"}),
+    (YIELD, {"asOf": "2023-05-05"}),
+    ('{ yieldThisYear(codes: ["NOPE"]) { code } }', {}),
+    ("{ a: indexChart(frequency: MONTHLY) { series { code points { __typename d: date close } } } indexes { code } }", {}),
+]
+
+
+@pytest.fixture
+def pooled(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(with_settings(settings, query_processes=1, cache_prefix=settings.cache_prefix + "-w"))) as client:
+        yield client
+
+
+@pytest.fixture
+def inline(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def ask(client: TestClient, query: str, variables: dict) -> dict:
+    response = client.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status_code == 200
+    client.portal.call(client.app.state.responses.drain)
+    return response.json()
+
+
+@pytest.mark.parametrize(("query", "variables"), QUERIES)
+def test_same_answers_as_in_the_server(pooled, inline, query, variables):
+    in_worker, in_server = ask(pooled, query, variables), ask(inline, query, variables)
+    assert in_worker.get("data") == in_server.get("data")
+    assert in_worker.get("errors") == in_server.get("errors")
+    assert statuses(in_worker) == statuses(in_server)
+
+
+def test_worker_answers_are_stored_and_served_as_hits(pooled):
+    assert statuses(ask(pooled, YIELD, {"codes": ["HSI"]})) == ["MISS"]
+    assert statuses(ask(pooled, YIELD, {"codes": ["HSI"]})) == ["HIT"]
+    assert pooled.app.state.responses.hits == 1
+    # The computation ran in the worker, not in the server.
+    assert sum(pooled.app.state.backend.cache.computations.values()) == 0
+
+
+def test_worker_metrics_reach_the_server(pooled):
+    def computed() -> float:
+        match = re.search(r'gql_computations_total\{field="indexChart"\} (\S+)', pooled.get("/metrics").text)
+        return float(match.group(1)) if match else 0.0
+
+    before = computed()
+    ask(pooled, CHART, {"codes": ["000905"], "end": "2015-05-05"})
+    assert computed() == before + 1
+
+
+def test_a_killed_worker_is_replaced_and_the_request_still_answered(pooled):
+    ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2022-02-02"})
+    workers = pooled.app.state.responses.workers
+    for pid in list(workers._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2021-02-02"})
+    assert body["data"]["yieldThisYear"][0]["code"] == "HSI"
+    body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2020-02-03"})
+    assert body["data"]["yieldThisYear"][0]["code"] == "HSI" and statuses(body) == ["MISS"]
