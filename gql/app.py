@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     graphql = ResponseCacheApp(
         _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None),
         cache, data_version, CACHED_FIELDS, workers=workers,
-        enabled=settings.response_cache, memory_bytes=settings.response_memory_bytes, apq_ttl=settings.apq_ttl,
+        enabled=settings.response_cache, max_entry_bytes=settings.cache_max_entry_bytes, memory_bytes=settings.response_memory_bytes, apq_ttl=settings.apq_ttl,
     )
 
     @contextlib.asynccontextmanager

@@ -15,6 +15,9 @@ COMPUTATION_SECONDS = Histogram(
 OVERSIZE_ENTRIES = Counter(
     "gql_cache_oversize_total", "Results served but not cached because they exceed GQL_CACHE_MAX_ENTRY_BYTES", ["field"]
 )
+RESPONSES = Counter(
+    "gql_response_cache_total", "Cacheable queries answered from stored responses (hit) or executed (miss)", ["outcome"]
+)
 REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
 
 

@@ -37,6 +37,7 @@ from graphql.language import Visitor, visit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gql import metrics
 from gql.cache import CacheState, ResultCache
 from gql.logs import request_id
 from gql.workers import Job, QueryWorkers, deflate_open
@@ -99,23 +100,24 @@ class StoredResponse:
     """One cached answer: its meta data plus the body prefix (raw and deflated)."""
 
     etag: str
-    fields: tuple[tuple[str, float, float], ...]  # (path, computed at, fresh for seconds)
+    fields: tuple[tuple[str, str, float, float], ...]  # (path, field, computed at, fresh for seconds)
     raw: bytes
     deflated: bytes
     crc: int
 
     @property
     def expires(self) -> float:
-        return min(created + ttl for _, created, ttl in self.fields)
+        return min(created + ttl for _, _, created, ttl in self.fields)
 
     @property
     def created(self) -> float:
-        return min(created for _, created, _ in self.fields)
+        return min(created for _, _, created, _ in self.fields)
 
     def report(self, now: float) -> list[dict[str, Any]]:
         return [
-            {"path": path, "status": "HIT", "ageSeconds": round(now - created, 3), "ttlSeconds": round(created + ttl - now, 3)}
-            for path, created, ttl in self.fields
+            {"path": path, "field": field, "status": "HIT", "ageSeconds": round(now - created, 3),
+             "ttlSeconds": round(created + ttl - now, 3)}
+            for path, field, created, ttl in self.fields
         ]
 
 
@@ -156,11 +158,13 @@ class ResponseCacheApp:
         *,
         workers: QueryWorkers | None = None,
         enabled: bool = True,
+        max_entry_bytes: int = 32 * 1024 * 1024,
         memory_bytes: int = 64 * 1024 * 1024,
         apq_ttl: float = 7 * 86400,
     ) -> None:
         self.app = app
         self.workers = workers
+        self.max_entry_bytes = max_entry_bytes
         self.cache = cache
         self.data_version = data_version
         self.cached_fields = cached_fields
@@ -226,12 +230,12 @@ class ResponseCacheApp:
             meta = orjson.loads(raw_meta)
             if meta.get("generations") != {n: g for n, g in generations.items()}:
                 return None
-            fields = tuple((str(p), float(c), float(t)) for p, c, t in meta["fields"])
+            fields = tuple((str(p), str(f), float(c), float(t)) for p, f, c, t in meta["fields"])
             etag, crc = str(meta["etag"]), int(meta["crc"])
         except (ValueError, KeyError, TypeError):
             log.warning("stored response %s cannot be decoded; answering without it", key)
             return None
-        if not fields or min(c + t for _, c, t in fields) <= time.time():
+        if not fields or min(c + t for _, _, c, t in fields) <= time.time():
             return None
         remembered = self._memory.get(key)
         if remembered is not None and remembered.etag == etag:
@@ -247,6 +251,9 @@ class ResponseCacheApp:
 
     async def _answer(self, send: Send, request: _Request, stored: StoredResponse) -> None:
         self.hits += 1
+        metrics.RESPONSES.labels("hit").inc()
+        for _, field, _, _ in stored.fields:
+            metrics.lookup(field, "hit")
         now = time.time()
         gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
         etag = f'"{stored.etag}-gz"' if gzip else f'"{stored.etag}"'
@@ -307,7 +314,10 @@ class ResponseCacheApp:
             await _send(send, 304, b"", headers)
         else:
             await _send(send, status, body, headers)
-        if store_as is not None:
+        if store_as is not None and len(stored.raw) > self.max_entry_bytes:
+            metrics.oversize("response")
+        elif store_as is not None:
+            metrics.RESPONSES.labels("miss").inc()
             task = asyncio.ensure_future(self._store(*store_as, stored))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
@@ -488,7 +498,7 @@ _Outcome = tuple[int, dict[str, str], bytes, "StoredResponse | None"]
 def _storable(raw: bytes, report: list[dict[str, Any]], deflated: bytes, crc: int) -> StoredResponse:
     """An answer to store, with each field's computation time and lifetime taken from its report."""
     now = time.time()
-    fields = tuple((e["path"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
+    fields = tuple((e["path"], e["field"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
     return StoredResponse(hashlib.sha256(raw).hexdigest()[:32], fields, raw, deflated, crc)
 
 

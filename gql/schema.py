@@ -95,6 +95,7 @@ def _report(info: Info, result: CacheResult) -> None:
     report.append(
         {
             "path": path,
+            "field": info.field_name,
             "status": result.status.value,
             "ageSeconds": round(result.age_seconds, 3),
             "ttlSeconds": round(result.ttl_seconds, 3),
