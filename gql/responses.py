@@ -21,9 +21,7 @@ import asyncio
 import hashlib
 import logging
 import re
-import struct
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,13 +38,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gql import metrics
 from gql.cache import CacheState, ResultCache
 from gql.logs import request_id
-from gql.workers import Job, QueryWorkers, deflate_open
+from gql import stored as stored_entries
+from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
+from gql.workers import Job, QueryWorkers, StoreOrder
 
 log = logging.getLogger(__name__)
 
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_META, _RAW, _DEFLATE = "meta", "raw", "deflate"
 
 
 # --- what a query is ------------------------------------------------------------------------------
@@ -90,49 +88,6 @@ def query_shape(query: str, operation_name: str | None, cached_fields: frozenset
         and bool(namespaces)
     )
     return QueryShape(print_ast(document), cacheable, namespaces)
-
-
-# --- stored responses -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    """One cached answer: its meta data plus the body prefix (raw and deflated)."""
-
-    etag: str
-    fields: tuple[tuple[str, str, float, float], ...]  # (path, field, computed at, fresh for seconds)
-    raw: bytes
-    deflated: bytes
-    crc: int
-
-    @property
-    def expires(self) -> float:
-        return min(created + ttl for _, _, created, ttl in self.fields)
-
-    @property
-    def created(self) -> float:
-        return min(created for _, _, created, _ in self.fields)
-
-    def report(self, now: float) -> list[dict[str, Any]]:
-        return [
-            {"path": path, "field": field, "status": "HIT", "ageSeconds": round(now - created, 3),
-             "ttlSeconds": round(created + ttl - now, 3)}
-            for path, field, created, ttl in self.fields
-        ]
-
-
-def body_parts(report: list[dict[str, Any]]) -> bytes:
-    """The per-request end of a body that starts with `{"data":...`."""
-    return b',"extensions":{"cache":' + orjson.dumps(report) + b"}}"
-
-
-def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
-    """A gzip member: the stored deflate stream, then `tail` as a final uncompressed block."""
-    stored_block = b"\x01" + struct.pack("<HH", len(tail), 0xFFFF ^ len(tail)) + tail
-    trailer = struct.pack("<II", zlib.crc32(tail, crc), (raw_length + len(tail)) & 0xFFFFFFFF)
-    return _GZIP_HEADER + deflated + stored_block + trailer
-
-
 
 
 # --- the ASGI layer ----------------------------------------------------------------------------------
@@ -210,7 +165,7 @@ class ResponseCacheApp:
             await self._execute(scope, receive, send, request, cacheable, None)
             return
         key = await self._key(shape, request.data.get("variables"), operation_name)
-        looked_up = await self.cache.read(shape.namespaces, [self._key_of(key, _META)])
+        looked_up = await self.cache.read(shape.namespaces, [self._keys(key)[META]])
         if looked_up is None:
             await self._execute(scope, receive, send, request, cacheable, None)
             return
@@ -228,24 +183,23 @@ class ResponseCacheApp:
             return None
         try:
             meta = orjson.loads(raw_meta)
-            if meta.get("generations") != {n: g for n, g in generations.items()}:
+            if meta.get("generations") != generations:
                 return None
-            fields = tuple((str(p), str(f), float(c), float(t)) for p, f, c, t in meta["fields"])
-            etag, crc = str(meta["etag"]), int(meta["crc"])
+            described = StoredResponse.from_meta(meta, b"", b"")
         except (ValueError, KeyError, TypeError):
             log.warning("stored response %s cannot be decoded; answering without it", key)
             return None
-        if not fields or min(c + t for _, _, c, t in fields) <= time.time():
+        if not described.fields or described.expires <= time.time():
             return None
         remembered = self._memory.get(key)
-        if remembered is not None and remembered.etag == etag:
+        if remembered is not None and remembered.etag == described.etag:
             self._memory.move_to_end(key)
             return remembered
-        bodies = await self.cache.read_bulk([self._key_of(key, _RAW), self._key_of(key, _DEFLATE)])
+        keys = self._keys(key)
+        bodies = await self.cache.read_bulk([keys[RAW], keys[DEFLATE]])
         if bodies is None or None in bodies:
             return None
-        raw, deflated = bodies
-        stored = StoredResponse(etag, fields, raw, deflated, crc)
+        stored = StoredResponse.from_meta(meta, *bodies)
         self._remember(key, stored)
         return stored
 
@@ -266,7 +220,7 @@ class ResponseCacheApp:
         if _etag_matches(request.headers.get("if-none-match"), stored.etag):
             await _send(send, 304, b"", headers)
             return
-        tail = body_parts(stored.report(now))
+        tail = body_tail(stored.report(now))
         if gzip:
             body = gzip_body(stored.deflated, stored.crc, len(stored.raw), tail)
             headers["content-encoding"] = "gzip"
@@ -295,7 +249,10 @@ class ResponseCacheApp:
         store_as: tuple[str, dict[str, int]] | None,
     ) -> None:
         """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
-        outcome = await self._in_worker(request) if cacheable and self.workers is not None else None
+        outcome = None
+        if cacheable and self.workers is not None:
+            outcome = await self._in_worker(request, store_as)
+            store_as = None  # a worker stores what it answers
         if outcome is None:
             outcome = await self._in_server(scope, receive, cacheable)
         status, headers, body, stored = outcome
@@ -314,13 +271,17 @@ class ResponseCacheApp:
             await _send(send, 304, b"", headers)
         else:
             await _send(send, status, body, headers)
-        if store_as is not None and len(stored.raw) > self.max_entry_bytes:
-            metrics.oversize("response")
-        elif store_as is not None:
-            metrics.RESPONSES.labels("miss").inc()
+        if store_as is not None and self._may_store(stored):
             task = asyncio.ensure_future(self._store(*store_as, stored))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    def _may_store(self, stored: StoredResponse) -> bool:
+        if len(stored.raw) > self.max_entry_bytes:
+            metrics.oversize("response")
+            return False
+        metrics.RESPONSES.labels("miss").inc()
+        return True
 
     async def _in_server(self, scope: Scope, receive: Receive, cacheable: bool) -> _Outcome:
         status, headers, body = await _capture(self.app, scope, receive)
@@ -329,34 +290,31 @@ class ResponseCacheApp:
         if not report:
             return status, headers, body, None
         raw = b'{"data":' + orjson.dumps(results[0][1]["data"])
-        return status, headers, body, _storable(raw, report, b"", 0)
+        return status, headers, body, StoredResponse.from_report(raw, report)
 
-    async def _in_worker(self, request: _Request) -> _Outcome | None:
+    async def _in_worker(self, request: _Request, store_as: tuple[str, dict[str, int]] | None) -> _Outcome | None:
         variables = request.data.get("variables")
         if not isinstance(variables, (dict, type(None))):
             return None  # the GraphQL app answers that with its own error
-        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get())
+        store = None
+        if store_as is not None:
+            key, generations = store_as
+            store = StoreOrder(self._keys(key), generations, self.max_entry_bytes)
+        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get(), store)
         answer = await self.workers.execute(job)
         if answer is None:
             return None
-        headers = {"content-type": "application/json"}
-        body = answer.prefix + answer.tail
-        stored = _storable(answer.prefix, answer.report, answer.deflated, answer.crc) if answer.deflated else None
-        return 200, headers, body, stored
+        if answer.stored is not None:
+            metrics.RESPONSES.labels("miss").inc()
+        elif answer.oversize:
+            metrics.oversize("response")
+        return 200, {"content-type": "application/json"}, answer.prefix + answer.tail, answer.stored
 
     async def _store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:
         try:
-            if not stored.deflated:
-                # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
-                raw = stored.raw
-                deflated, crc = await asyncio.get_running_loop().run_in_executor(None, lambda: (deflate_open(raw), zlib.crc32(raw)))
-                stored = StoredResponse(stored.etag, stored.fields, raw, deflated, crc)
-            ttl = stored.expires - time.time()
-            if ttl <= 0:
-                return
-            meta = orjson.dumps({"etag": stored.etag, "fields": stored.fields, "crc": stored.crc, "generations": generations})
-            items = {self._key_of(key, _META): meta, self._key_of(key, _RAW): stored.raw, self._key_of(key, _DEFLATE): stored.deflated}
-            if await self.cache.write(generations, items, ttl):
+            # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
+            stored = await asyncio.get_running_loop().run_in_executor(None, stored.compressed)
+            if await stored_entries.write(self.cache, self._keys(key), generations, stored):
                 self._remember(key, stored)
         except Exception:
             # Storing is an optimization: the answer has been sent; the next request computes again.
@@ -368,8 +326,8 @@ class ResponseCacheApp:
         parts = {"q": shape.normalized, "v": variables, "op": operation_name, "data": await self.data_version()}
         return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
-    def _key_of(self, key: str, part: str) -> str:
-        return self.cache.key("response", key, part)
+    def _keys(self, key: str) -> dict[str, str]:
+        return {part: self.cache.key("response", key, part) for part in (META, RAW, DEFLATE)}
 
     async def _resolve_persisted_query(self, request: _Request) -> dict | None:
         """Apollo's Automatic Persisted Queries; a refusal body, or None to go on."""
@@ -493,13 +451,6 @@ async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[int, d
 
 
 _Outcome = tuple[int, dict[str, str], bytes, "StoredResponse | None"]
-
-
-def _storable(raw: bytes, report: list[dict[str, Any]], deflated: bytes, crc: int) -> StoredResponse:
-    """An answer to store, with each field's computation time and lifetime taken from its report."""
-    now = time.time()
-    fields = tuple((e["path"], e["field"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
-    return StoredResponse(hashlib.sha256(raw).hexdigest()[:32], fields, raw, deflated, crc)
 
 
 def _cache_report(results: list[tuple[bool, dict[str, Any]]]) -> list[dict[str, Any]] | None:

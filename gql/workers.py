@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
+import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -21,9 +21,20 @@ import orjson
 from strawberry.types.graphql import OperationType
 
 from gql import metrics
+from gql import stored as stored_entries
 from gql.config import Settings
+from gql.stored import StoredResponse
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreOrder:
+    """Where and under which generations to store the answer, if it may be stored."""
+
+    keys: dict[str, str]
+    generations: dict[str, int]
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class Job:
     variables: dict[str, Any] | None
     operation_name: str | None
     request_id: str
+    store: StoreOrder | None = None
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,8 @@ class Answer:
 
     prefix: bytes
     tail: bytes
-    has_errors: bool
-    report: list[dict[str, Any]]
-    deflated: bytes  # of `prefix`, ready to store (empty when not storable)
-    crc: int
+    stored: StoredResponse | None  # what may be cached of it (without the bodies' compressed copy)
+    oversize: bool
     metric_events: list[tuple]
 
 
@@ -88,6 +98,8 @@ _worker: _Worker | None = None
 
 def _start_worker(settings: Settings) -> None:
     global _worker
+    # Cold work is background work: when both want a core, the serving process should get it.
+    os.nice(10)
     from gql.logs import configure, install_record_factory
 
     configure(settings.log_level, settings.log_json)
@@ -148,9 +160,16 @@ class _Worker:
             tail += b',"extensions":' + _dumps(extensions)
         tail += b"}"
         report = list(extensions.get("cache") or [])
-        storable = not result.errors and bool(report)
-        deflated = deflate_open(prefix) if storable else b""
-        return Answer(prefix, tail, bool(result.errors), report, deflated, zlib.crc32(prefix) if storable else 0, events)
+        if result.errors or not report:
+            return Answer(prefix, tail, None, False, events)
+        stored = StoredResponse.from_report(prefix, report)
+        oversize = job.store is not None and len(prefix) > job.store.max_bytes
+        if job.store is not None and not oversize:
+            # Compressing and writing here keeps megabytes of work off the server's event loop.
+            compressed = stored.compressed()
+            await stored_entries.write(self.backend.cache, job.store.keys, job.store.generations, compressed)
+        # The server sends the body and answers later hits from Redis; it needs no compressed copy now.
+        return Answer(prefix, tail, stored, oversize, events)
 
 
 def _dumps(value: Any) -> bytes:
@@ -160,10 +179,3 @@ def _dumps(value: Any) -> bytes:
         import json
 
         return json.dumps(value, separators=(",", ":")).encode()
-
-
-def deflate_open(raw: bytes) -> bytes:
-    """Raw deflate of `raw` ending on a byte boundary with no final block, so a final block can follow."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
-    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
-

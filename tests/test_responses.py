@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from gql.app import create_app
 from gql.config import Settings
-from gql.responses import deflate_open, gzip_body
+from gql.stored import deflate_open, gzip_body
 from tests.conftest import with_settings
 from tests.test_app import ADMIN, CHART, REFRESH, YIELD, statuses
 

@@ -1,0 +1,94 @@
+"""Stored whole responses: the entry format that the server and its query workers both write.
+
+An entry is three values under one response key: `meta` (ETag, the fields with when each was computed
+and for how long it is fresh, the CRC, the generations it was built under), `raw` (the body up to
+`{"data":...`) and `deflate` (that prefix as a raw deflate stream ending on a byte boundary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gql.cache import ResultCache
+
+META, RAW, DEFLATE = "meta", "raw", "deflate"
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One cached answer: its meta data plus the body prefix (raw and deflated)."""
+
+    etag: str
+    fields: tuple[tuple[str, str, float, float], ...]  # (path, field, computed at, fresh for seconds)
+    raw: bytes
+    deflated: bytes = b""
+    crc: int = 0
+
+    @classmethod
+    def from_report(cls, raw: bytes, report: list[dict[str, Any]]) -> StoredResponse:
+        """An answer to store, each field's computation time and lifetime taken from its cache report."""
+        now = time.time()
+        fields = tuple((e["path"], e["field"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
+        return cls(hashlib.sha256(raw).hexdigest()[:32], fields, raw)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], raw: bytes, deflated: bytes) -> StoredResponse:
+        fields = tuple((str(p), str(f), float(c), float(t)) for p, f, c, t in meta["fields"])
+        return cls(str(meta["etag"]), fields, raw, deflated, int(meta["crc"]))
+
+    @property
+    def expires(self) -> float:
+        return min(created + ttl for _, _, created, ttl in self.fields)
+
+    @property
+    def created(self) -> float:
+        return min(created for _, _, created, _ in self.fields)
+
+    def report(self, now: float) -> list[dict[str, Any]]:
+        return [
+            {"path": path, "field": field, "status": "HIT", "ageSeconds": round(now - created, 3),
+             "ttlSeconds": round(created + ttl - now, 3)}
+            for path, field, created, ttl in self.fields
+        ]
+
+    def compressed(self) -> StoredResponse:
+        """This answer with its deflate stream and CRC (CPU work: call it off the event loop)."""
+        if self.deflated:
+            return self
+        return StoredResponse(self.etag, self.fields, self.raw, deflate_open(self.raw), zlib.crc32(self.raw))
+
+
+def body_tail(report: list[dict[str, Any]]) -> bytes:
+    """The per-request end of a body that starts with `{"data":...`."""
+    return b',"extensions":{"cache":' + orjson.dumps(report) + b"}}"
+
+
+def deflate_open(raw: bytes) -> bytes:
+    """Raw deflate of `raw` ending on a byte boundary with no final block, so a final block can follow."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
+    """A gzip member: the stored deflate stream, then `tail` as a final uncompressed block."""
+    stored_block = b"\x01" + struct.pack("<HH", len(tail), 0xFFFF ^ len(tail)) + tail
+    trailer = struct.pack("<II", zlib.crc32(tail, crc), (raw_length + len(tail)) & 0xFFFFFFFF)
+    return _GZIP_HEADER + deflated + stored_block + trailer
+
+
+async def write(cache: ResultCache, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+    """Store a compressed answer under `keys` (META, RAW, DEFLATE) if the generations are still current."""
+    ttl = stored.expires - time.time()
+    if ttl <= 0:
+        return False
+    meta = orjson.dumps({"etag": stored.etag, "fields": stored.fields, "crc": stored.crc, "generations": generations})
+    items = {keys[META]: meta, keys[RAW]: stored.raw, keys[DEFLATE]: stored.deflated}
+    return await cache.write(generations, items, ttl)
