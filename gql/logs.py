@@ -6,8 +6,8 @@ import contextvars
 import json
 import logging
 import logging.config
+import os
 import re
-import uuid
 
 # "-" outside a request (startup, background work).
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -20,7 +20,7 @@ _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 def new_request_id(incoming: str | None) -> str:
     if incoming and _ACCEPTABLE_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as a uuid4, a few times cheaper
 
 
 def install_record_factory() -> None:

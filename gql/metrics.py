@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_LOOKUPS = Counter(
@@ -18,6 +20,8 @@ OVERSIZE_ENTRIES = Counter(
 RESPONSES = Counter(
     "gql_response_cache_total", "Cacheable queries answered from stored responses (hit) or executed (miss)", ["outcome"]
 )
+RESPONSE_HITS = RESPONSES.labels("hit")
+RESPONSE_MISSES = RESPONSES.labels("miss")
 REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
 
 
@@ -56,10 +60,17 @@ def _record(event: tuple) -> None:
         apply([event])
 
 
+# labels() takes a lock and builds a key; hits are counted on the hot path, so children are kept.
+_lookup_children: dict[tuple[str, str], Any] = {}
+
+
 def apply(events: list[tuple]) -> None:
     for kind, field, *rest in events:
         if kind == "lookup":
-            CACHE_LOOKUPS.labels(field, rest[0]).inc()
+            child = _lookup_children.get((field, rest[0]))
+            if child is None:
+                child = _lookup_children[(field, rest[0])] = CACHE_LOOKUPS.labels(field, rest[0])
+            child.inc()
         elif kind == "computation":
             COMPUTATIONS.labels(field).inc()
             COMPUTATION_SECONDS.labels(field).observe(rest[0])

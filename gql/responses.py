@@ -125,7 +125,8 @@ class ResponseCacheApp:
         self.cached_fields = cached_fields
         self.enabled = enabled
         self.apq_ttl = apq_ttl
-        self._memory: OrderedDict[str, StoredResponse] = OrderedDict()
+        # Hot answers by response key: (the meta bytes stored with it, the answer, its generations).
+        self._memory: OrderedDict[str, tuple[bytes, StoredResponse, dict[str, int]]] = OrderedDict()
         self._memory_bytes = memory_bytes
         self._memory_used = 0
         self._pending: set[asyncio.Task] = set()
@@ -181,6 +182,12 @@ class ResponseCacheApp:
     async def _stored(self, key: str, raw_meta: bytes | None, generations: dict[str, int]) -> StoredResponse | None:
         if raw_meta is None:
             return None
+        remembered = self._memory.get(key)
+        if remembered is not None and remembered[0] == raw_meta:
+            # The same entry as last time: nothing to decode, but it must still be of these generations.
+            self._memory.move_to_end(key)
+            _, stored, built_under = remembered
+            return stored if built_under == generations and stored.expires > time.time() else None
         try:
             meta = orjson.loads(raw_meta)
             if meta.get("generations") != generations:
@@ -191,21 +198,17 @@ class ResponseCacheApp:
             return None
         if not described.fields or described.expires <= time.time():
             return None
-        remembered = self._memory.get(key)
-        if remembered is not None and remembered.etag == described.etag:
-            self._memory.move_to_end(key)
-            return remembered
         keys = self._keys(key)
         bodies = await self.cache.read_bulk([keys[RAW], keys[DEFLATE]])
         if bodies is None or None in bodies:
             return None
         stored = StoredResponse.from_meta(meta, *bodies)
-        self._remember(key, stored)
+        self._remember(key, raw_meta, stored, generations)
         return stored
 
     async def _answer(self, send: Send, request: _Request, stored: StoredResponse) -> None:
         self.hits += 1
-        metrics.RESPONSES.labels("hit").inc()
+        metrics.RESPONSE_HITS.inc()
         for _, field, _, _ in stored.fields:
             metrics.lookup(field, "hit")
         now = time.time()
@@ -229,17 +232,17 @@ class ResponseCacheApp:
         headers["content-type"] = "application/json"
         await _send(send, 200, body, headers)
 
-    def _remember(self, key: str, stored: StoredResponse) -> None:
+    def _remember(self, key: str, raw_meta: bytes, stored: StoredResponse, generations: dict[str, int]) -> None:
         size = len(stored.raw) + len(stored.deflated)
         if size > self._memory_bytes:
             return
         old = self._memory.pop(key, None)
         if old is not None:
-            self._memory_used -= len(old.raw) + len(old.deflated)
-        self._memory[key] = stored
+            self._memory_used -= len(old[1].raw) + len(old[1].deflated)
+        self._memory[key] = (raw_meta, stored, generations)
         self._memory_used += size
         while self._memory_used > self._memory_bytes:
-            _, evicted = self._memory.popitem(last=False)
+            _, (_, evicted, _) = self._memory.popitem(last=False)
             self._memory_used -= len(evicted.raw) + len(evicted.deflated)
 
     # -- misses ---------------------------------------------------------------------------------------
@@ -280,7 +283,7 @@ class ResponseCacheApp:
         if len(stored.raw) > self.max_entry_bytes:
             metrics.oversize("response")
             return False
-        metrics.RESPONSES.labels("miss").inc()
+        metrics.RESPONSE_MISSES.inc()
         return True
 
     async def _in_server(self, scope: Scope, receive: Receive, cacheable: bool) -> _Outcome:
@@ -305,7 +308,7 @@ class ResponseCacheApp:
         if answer is None:
             return None
         if answer.stored is not None:
-            metrics.RESPONSES.labels("miss").inc()
+            metrics.RESPONSE_MISSES.inc()
         elif answer.oversize:
             metrics.oversize("response")
         return 200, {"content-type": "application/json"}, answer.prefix + answer.tail, answer.stored
@@ -314,8 +317,9 @@ class ResponseCacheApp:
         try:
             # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
             stored = await asyncio.get_running_loop().run_in_executor(None, stored.compressed)
-            if await stored_entries.write(self.cache, self._keys(key), generations, stored):
-                self._remember(key, stored)
+            meta = await stored_entries.write(self.cache, self._keys(key), generations, stored)
+            if meta is not None:
+                self._remember(key, meta, stored, generations)
         except Exception:
             # Storing is an optimization: the answer has been sent; the next request computes again.
             log.exception("storing a response failed")

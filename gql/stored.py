@@ -84,11 +84,16 @@ def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
     return _GZIP_HEADER + deflated + stored_block + trailer
 
 
-async def write(cache: ResultCache, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
-    """Store a compressed answer under `keys` (META, RAW, DEFLATE) if the generations are still current."""
+async def write(
+    cache: ResultCache, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse
+) -> bytes | None:
+    """Store a compressed answer under `keys` (META, RAW, DEFLATE) if the generations are still current.
+
+    Returns the meta bytes written, or None when nothing was stored.
+    """
     ttl = stored.expires - time.time()
     if ttl <= 0:
-        return False
+        return None
     meta = orjson.dumps({"etag": stored.etag, "fields": stored.fields, "crc": stored.crc, "generations": generations})
     items = {keys[META]: meta, keys[RAW]: stored.raw, keys[DEFLATE]: stored.deflated}
-    return await cache.write(generations, items, ttl)
+    return meta if await cache.write(generations, items, ttl) else None
