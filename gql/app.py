@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -156,6 +155,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
+_REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
 class PathDispatch:
     """Send requests for one path straight to its ASGI endpoint; anything else to the app."""
 
@@ -184,13 +193,15 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        rid = new_request_id(incoming or None)
+        incoming = _header(scope, _REQUEST_ID_BYTES)
+        rid = new_request_id(incoming.decode("latin-1") if incoming else None)
         token = request_id.set(rid)
+
+        header = (_REQUEST_ID_BYTES, rid.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:
@@ -210,9 +221,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)  # the server delivers no more than the declared length
             return
         # Read the body here (it is at most max_bytes) so that a body without a length is bounded too.
         chunks, size, more = [], 0, True

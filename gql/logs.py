@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import logging.config
@@ -17,10 +18,15 @@ REQUEST_ID_HEADER = "x-request-id"
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
 def new_request_id(incoming: str | None) -> str:
     if incoming and _ACCEPTABLE_ID.fullmatch(incoming):
         return incoming
-    return os.urandom(16).hex()  # as unique as a uuid4, a few times cheaper
+    # Unique, not secret: a random per-process prefix and a counter cost far less than a uuid4.
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 def install_record_factory() -> None:
