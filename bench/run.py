@@ -5,7 +5,8 @@ data, then measures, in order:
   1. throughput and latency of a small and a large query on every variant (wrk, round-robin rounds);
   2. cold vs hit timings over HTTP on the service with all caches (sequential requests);
   3. hit latency at rest and during concurrent cold computations;
-  4. in-process scaling of the cold chart computation with the number of indexes.
+  4. in-process scaling of the cold chart computation with the number of indexes;
+  5. partial hits: chart variants from the cached daily series against from prices.
 Writes a Markdown report to bench/results/benchmark.md and prints it.
 
     make bench                                             # defaults: a few minutes
@@ -39,7 +40,7 @@ from bench import report
 from bench.ceiling_app import key_for as ceiling_key
 from bench.flask_app import key_for as flask_key
 from bench.load import sequential, timed_post, wrk
-from bench.scaling import cold_scaling
+from bench.scaling import cold_scaling, partial_hits
 from bench.servers import ROOT, Server, all_variants, redis_server, started
 
 RESULTS = ROOT / "bench" / "results"
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         server_logs = {path.stem: path.read_text(errors="replace").splitlines() for path in sorted(workdir.glob("*.log"))}
         _log("timing index_chart in process")
         scaling = cold_scaling(args.scaling_sizes, args.scaling_runs)
+        partial = partial_hits(max(args.scaling_runs, 5))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report.render(
         [report.throughput_section(cells, settings), report.cold_hit_section(cold_hit),
          report.loaded_section(loaded, args.cold_clients, args.latency_seconds),
-         report.scaling_section(scaling, args.scaling_runs), report.logs_section(server_logs)],
+         report.scaling_section(scaling, args.scaling_runs), report.partial_hits_section(partial, max(args.scaling_runs, 5)),
+         report.logs_section(server_logs)],
         command.strip(), time.monotonic() - began, (load_before, load_during),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)

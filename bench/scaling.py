@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+import datetime as dt
+
+from gql import analytics
 from gql.analytics import Frequency, index_chart
 from gql.data import IndexHistory, IndexMeta, PriceStore, make_closes
 
@@ -43,6 +46,7 @@ def time_index_chart(n_indexes: int, runs: int) -> ScalingRow:
     store = synthetic_store(n_indexes)
     timings, points = [], 0
     for _ in range(runs):
+        analytics._daily_series.clear()  # cold: from prices, no memoized daily series
         began = time.perf_counter()
         chart = index_chart(store, store.codes, store.first_date, store.last_date, Frequency.DAILY)
         timings.append(time.perf_counter() - began)
@@ -53,3 +57,36 @@ def time_index_chart(n_indexes: int, runs: int) -> ScalingRow:
 
 def cold_scaling(sizes: list[int], runs: int) -> list[ScalingRow]:
     return [time_index_chart(n, runs) for n in sizes]
+
+
+@dataclass(frozen=True)
+class PartialHitRow:
+    variant: str
+    from_prices: float  # seconds, median: the daily series built from the prices first
+    from_series: float  # seconds, median: sliced and resampled from the memoized daily series
+
+
+def partial_hits(runs: int, n_indexes: int = 10) -> list[PartialHitRow]:
+    """Chart variants of `n_indexes` x 20 years computed cold from prices vs from the cached daily series."""
+    store = synthetic_store(n_indexes)
+    last = store.last_date
+    variants = [
+        ("whole range, DAILY", store.first_date, last, Frequency.DAILY),
+        ("whole range, WEEKLY", store.first_date, last, Frequency.WEEKLY),
+        ("whole range, MONTHLY", store.first_date, last, Frequency.MONTHLY),
+        ("last 5 years, WEEKLY", last - dt.timedelta(days=5 * 365), last, Frequency.WEEKLY),
+        ("last year, DAILY", last - dt.timedelta(days=365), last, Frequency.DAILY),
+    ]
+    rows = []
+    for label, start, end, frequency in variants:
+        cold, warm = [], []
+        for _ in range(runs):
+            analytics._daily_series.clear()
+            began = time.perf_counter()
+            index_chart(store, store.codes, start, end, frequency)
+            cold.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            index_chart(store, store.codes, start, end, frequency)
+            warm.append(time.perf_counter() - began)
+        rows.append(PartialHitRow(label, statistics.median(cold), statistics.median(warm)))
+    return rows

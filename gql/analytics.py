@@ -6,7 +6,10 @@ import datetime as dt
 import enum
 import hashlib
 import math
+import threading
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
@@ -17,6 +20,7 @@ from gql.data import PriceStore
 
 TRADING_DAYS_PER_YEAR = 252
 _NS_PER_DAY = 86_400 * 10**9
+_EPOCH = dt.date(1970, 1, 1)
 
 # Changes whenever this file changes, so cached results of older code are never read back.
 CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -62,6 +66,38 @@ class NoDataError(ValueError):
     """The asked range or date holds no close of an index."""
 
 
+@dataclass(frozen=True)
+class DailySeries:
+    """An index's whole daily history in the forms every chart slices: computed once per price series."""
+
+    days: np.ndarray  # int64, days since 1970-01-01, ascending
+    closes: np.ndarray  # float64
+    log_closes: np.ndarray  # float64
+    dates: np.ndarray  # object array of ISO date strings (formatting dates is the costly part of a chart)
+
+
+# By the identity of the price series (Series are not hashable): a reloaded data set brings new
+# series, and an entry is dropped when its series is collected. Memoization only: results are the
+# same with or without it.
+_daily_series: dict[int, DailySeries] = {}
+_daily_series_lock = threading.Lock()
+
+
+def daily_series(closes: pd.Series) -> DailySeries:
+    """The memoized daily series of a closes series (see DailySeries)."""
+    series = _daily_series.get(id(closes))
+    if series is None:
+        days = closes.index.as_unit("ns").asi8 // _NS_PER_DAY
+        values = closes.to_numpy(dtype="float64")
+        dates = np.array(np.datetime_as_string(days.astype("datetime64[D]")).tolist(), dtype=object)
+        series = DailySeries(days, values, np.log(values), dates)
+        with _daily_series_lock:
+            if id(closes) not in _daily_series:
+                _daily_series[id(closes)] = series
+                weakref.finalize(closes, _daily_series.pop, id(closes), None)
+    return series
+
+
 def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Frequency) -> dict:
     """Chart points and summary statistics of one index between `start` and `end` (inclusive).
 
@@ -69,13 +105,17 @@ def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Fre
     month. `normalized` is 100 at the first point and `drawdown` is measured from the running
     maximum of the points, so both describe the line that is drawn; `total_return` and
     `max_drawdown` agree with those points. Volatility always uses daily log returns.
+
+    Any range and frequency is a slice (and a pick) of the index's memoized daily series: only
+    the range-relative columns are computed per call.
     """
-    lo = int(closes.index.searchsorted(pd.Timestamp(start), side="left"))
-    hi = int(closes.index.searchsorted(pd.Timestamp(end), side="right"))
+    whole = daily_series(closes)
+    lo = int(np.searchsorted(whole.days, _epoch_day(start), side="left"))
+    hi = int(np.searchsorted(whole.days, _epoch_day(end), side="right"))
     if hi <= lo:
         raise NoDataError(f"no close between {start} and {end}")
-    days = closes.index.as_unit("ns").asi8[lo:hi] // _NS_PER_DAY
-    daily = closes.to_numpy(dtype="float64")[lo:hi]
+    days = whole.days[lo:hi]
+    daily = whole.closes[lo:hi]
 
     if frequency is Frequency.DAILY:
         keep = slice(None)
@@ -88,10 +128,10 @@ def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Fre
     # Exact zeros at new highs (not -0.0), so clients can test `drawdown == 0`.
     drawdown[points == running_max] = 0.0
 
-    log_returns = np.diff(np.log(daily))
+    log_returns = np.diff(whole.log_closes[lo:hi])
     volatility = float(log_returns.std(ddof=1) * math.sqrt(TRADING_DAYS_PER_YEAR) * 100.0) if log_returns.size > 1 else 0.0
     return {
-        "dates": np.datetime_as_string(days[keep].astype("datetime64[D]")).tolist(),
+        "dates": whole.dates[lo:hi][keep].tolist(),
         "close": points.tolist(),
         "normalized": (points / points[0] * 100.0).tolist(),
         "drawdown": drawdown.tolist(),
@@ -99,6 +139,10 @@ def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Fre
         "annualized_volatility": volatility,
         "max_drawdown": float(drawdown.min()),
     }
+
+
+def _epoch_day(day: dt.date) -> int:
+    return (day - _EPOCH).days
 
 
 def _week_numbers(days: np.ndarray) -> np.ndarray:

@@ -543,3 +543,22 @@ def test_a_stale_index_is_measured_at_its_own_last_close():
     stale, fresh = yields_this_year(store, ["000300", "HSI"], D(2026, 7, 24))
     assert (stale["base_date"], stale["last_date"], stale["yield_pct"]) == ("2020-12-31", "2021-01-27", approx(5.0))
     assert (fresh["base_date"], fresh["last_date"], fresh["yield_pct"]) == ("2025-12-31", "2026-07-24", approx(-5.0))
+
+
+def test_charts_from_the_memoized_daily_series_equal_charts_from_prices():
+    import gc
+
+    from gql import analytics
+
+    closes = _closes([("2024-01-02", 100.0), ("2024-01-05", 104.0), ("2024-01-08", 99.0), ("2024-02-01", 120.0)])
+    analytics._daily_series.pop(id(closes), None)
+    first = series_chart(closes, D(2024, 1, 3), D(2024, 2, 29), Frequency.WEEKLY)
+    assert id(closes) in analytics._daily_series
+    again = series_chart(closes, D(2024, 1, 3), D(2024, 2, 29), Frequency.WEEKLY)
+    assert again == first
+    # Another range and frequency of the same series is a slice of the memoized one.
+    assert series_chart(closes, D(2024, 1, 1), D(2024, 1, 6), Frequency.DAILY)["close"] == [100.0, 104.0]
+    key = id(closes)
+    del closes
+    gc.collect()
+    assert key not in analytics._daily_series
