@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,8 +17,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
@@ -33,6 +35,9 @@ from gql.schema import CACHED_FIELDS, Backend, Context, build_schema
 from gql.workers import QueryWorkers
 
 log = logging.getLogger(__name__)
+
+# The dashboard: plain HTML, CSS and JavaScript shipped in the package, nothing from other hosts.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class _GraphQLApp(GraphQL):
@@ -122,8 +127,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await request.app.state.backend.cache.check()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    async def home(request: Request) -> RedirectResponse:
-        return RedirectResponse("/graphql")
+    async def home(request: Request) -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.trusted_host_list != ["*"]:
@@ -148,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/", home),
             Route("/healthz", healthz),
             Route("/metrics", metrics_endpoint),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -411,26 +411,37 @@ class Mutation:
     )
     async def refresh_cache(self, info: Info, targets: list[CacheTarget] | None = None) -> RefreshResult:
         _check_admin(info)
-        backend: Backend = info.context.backend
         chosen = list(dict.fromkeys(targets)) if targets else list(CacheTarget)
-        store = await backend.store(force_check=True)
-        refreshed = []
-        for target in chosen:
-            began = time.perf_counter()
-            if target is CacheTarget.INDEX_CHART:
-                await backend.cache.invalidate(CHART_NAMESPACE)
-                lo, hi = resolve_range(store, store.codes, None, None)
-                await _chart(backend, store.codes, lo, hi, Frequency.DAILY, store)
-            else:
-                await backend.cache.invalidate(YIELD_NAMESPACE)
-                await _yields(backend, store.codes, resolve_as_of(store, store.codes, None), store)
-            refreshed.append(RefreshedField(target=target, duration_ms=(time.perf_counter() - began) * 1000.0))
+        durations = await refresh(info.context.backend, chosen)
         log.warning(
             "cache refreshed: targets=%s client=%s durations_ms=%s",
-            ",".join(t.value for t in chosen), _client(info),
-            ",".join(f"{r.duration_ms:.1f}" for r in refreshed),
+            ",".join(t.value for t in chosen), _client(info), ",".join(f"{d:.1f}" for d in durations),
         )
-        return RefreshResult(refreshed=refreshed)
+        return RefreshResult(
+            refreshed=[RefreshedField(target=t, duration_ms=d) for t, d in zip(chosen, durations)]
+        )
+
+
+async def refresh(backend: Backend, targets: Sequence[CacheTarget], invalidate: bool = True) -> list[float]:
+    """Reload changed data, invalidate every variant of the targets, recompute their defaults; ms per target.
+
+    With `invalidate=False` it only computes the default variants that are not cached yet (warming).
+    """
+    store = await backend.store(force_check=True)
+    durations = []
+    for target in targets:
+        began = time.perf_counter()
+        if target is CacheTarget.INDEX_CHART:
+            if invalidate:
+                await backend.cache.invalidate(CHART_NAMESPACE)
+            lo, hi = resolve_range(store, store.codes, None, None)
+            await _chart(backend, store.codes, lo, hi, Frequency.DAILY, store)
+        else:
+            if invalidate:
+                await backend.cache.invalidate(YIELD_NAMESPACE)
+            await _yields(backend, store.codes, resolve_as_of(store, store.codes, None), store)
+        durations.append((time.perf_counter() - began) * 1000.0)
+    return durations
 
 
 class _Schema(strawberry.Schema):
