@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,7 +33,8 @@ from gql.config import Settings
 from gql.data import PriceSource
 from gql.logs import REQUEST_ID_HEADER, install_record_factory, new_request_id, request_id
 from gql.responses import ResponseCacheApp, record_result
-from gql.schema import CACHED_FIELDS, Backend, Context, build_schema
+from gql.schedule import parse_time_of_day, run_daily
+from gql.schema import CACHED_FIELDS, Backend, CacheTarget, Context, build_schema, refresh
 from gql.workers import QueryWorkers
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="gql-compute")
+        tasks: list[asyncio.Task] = []
         try:
             prices = await _in_pool(pool, PriceSource, settings.data_dir)
             app.state.backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
@@ -85,12 +89,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             state = await cache.check()
             if workers is not None:
                 await workers.warm()
+            if settings.refresh_at:
+                tasks.append(asyncio.create_task(_scheduled_refresh(app.state.backend, settings)))
             log.info(
                 "serving %d indexes from %s (data version %s); cache %s",
                 len(prices.store), prices.description, prices.store.version, state.value,
             )
             yield
         finally:
+            for task in tasks:
+                task.cancel()
             await graphql.drain()
             if workers is not None:
                 workers.close()
@@ -266,6 +274,17 @@ class BodyLimitMiddleware:
             status_code=413,
         )
         await response(scope, receive, send)
+
+
+async def _scheduled_refresh(backend: Backend, settings: Settings) -> None:
+    async def job(slot: dt.datetime) -> None:
+        # Every worker process of the fleet wakes up; the first to claim the slot refreshes.
+        if not await backend.cache.claim(backend.cache.key("scheduled-refresh", slot.isoformat()), 3600):
+            return
+        durations = await refresh(backend, list(CacheTarget))
+        log.warning("scheduled refresh for %s done: durations_ms=%s", slot.isoformat(), ",".join(f"{d:.1f}" for d in durations))
+
+    await run_daily(parse_time_of_day(settings.refresh_at), ZoneInfo(settings.timezone), job)
 
 
 async def _in_pool(pool: ThreadPoolExecutor, fn, *args):

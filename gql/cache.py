@@ -357,6 +357,16 @@ class ResultCache:
             return False
         return bool(stored)
 
+    async def claim(self, key: str, seconds: float) -> bool:
+        """True for the first caller of the fleet to claim `key` within `seconds` (or when Redis is away)."""
+        if self._state is not CacheState.OK:
+            return True
+        try:
+            return bool(await self._redis.set(key, b"1", nx=True, px=max(1, int(seconds * 1000))))
+        except (RedisError, OSError) as exc:
+            self._mark_degraded(exc)
+            return True
+
     def key(self, *parts: str) -> str:
         """A key under this cache's prefix."""
         return ":".join((self.config.prefix, *parts))

@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gql.schedule import parse_time_of_day
 
 
 class ConfigError(ValueError):
@@ -30,6 +33,13 @@ class Settings:
     cache_prefix: str = "gql"
     chart_ttl: float = 3600.0
     yield_ttl: float = 43200.0
+    # Day-level data: new closes are published once a trading day (see gql/schedule.py).
+    timezone: str = "Asia/Shanghai"
+    publication_time: str = "15:30"
+    # Results live until the next publication instead of the fixed TTLs above.
+    ttl_until_publication: bool = False
+    # Refresh everything at this time (HH:MM, in GQL_TIMEZONE) each trading day; empty: never.
+    refresh_at: str = ""
     local_cache_entries: int = 256
     compute_threads: int = 2
     # Worker processes for cacheable queries that miss the response cache (0: run them in the server).
@@ -113,6 +123,16 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"GQL_TIMEZONE={self.timezone!r} is not a known time zone, e.g. Asia/Shanghai or UTC") from None
+        for name, value in (("GQL_PUBLICATION_TIME", self.publication_time), ("GQL_REFRESH_AT", self.refresh_at)):
+            if value:
+                try:
+                    parse_time_of_day(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
 
 
 _ENV_NAMES = {"redis_url": "REDIS_URL"}

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import time
+from zoneinfo import ZoneInfo
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from gql.config import Settings
 from gql.data import DataError, PriceSource, PriceStore
 from gql.errors import FORBIDDEN, AuthError, ErrorPolicy, UserInputError, is_unexpected
 from gql.limits import limit_extensions
+from gql.schedule import parse_time_of_day, seconds_until_publication
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,15 @@ class Backend:
     pool: Executor
     _next_data_check: float = 0.0
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def ttl(self, fixed: float) -> float:
+        """How long a result stays fresh: `fixed` seconds, or until the next data publication."""
+        settings = self.settings
+        if not settings.ttl_until_publication:
+            return fixed
+        return seconds_until_publication(
+            dt.datetime.now(dt.timezone.utc), parse_time_of_day(settings.publication_time), ZoneInfo(settings.timezone)
+        )
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run CPU-bound work in the pool, never on the event loop."""
@@ -291,13 +302,13 @@ async def _chart(backend: Backend, codes: tuple[str, ...], start: dt.date, end: 
         "data": store.version, "code": analytics.CODE_VERSION,
     }
     compute = partial(backend.run, analytics.index_chart, store, codes, start, end, analytics.Frequency[frequency.value])
-    return await _cached(backend, CHART_NAMESPACE, parts, backend.settings.chart_ttl, compute)
+    return await _cached(backend, CHART_NAMESPACE, parts, backend.ttl(backend.settings.chart_ttl), compute)
 
 
 async def _yields(backend: Backend, codes: tuple[str, ...], as_of: dt.date, store: PriceStore) -> CacheResult:
     parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": analytics.CODE_VERSION}
     compute = partial(backend.run, analytics.yields_this_year, store, codes, as_of)
-    return await _cached(backend, YIELD_NAMESPACE, parts, backend.settings.yield_ttl, compute)
+    return await _cached(backend, YIELD_NAMESPACE, parts, backend.ttl(backend.settings.yield_ttl), compute)
 
 
 async def _cached(backend: Backend, namespace: str, parts: dict[str, Any], ttl: float, compute: Callable) -> CacheResult:
