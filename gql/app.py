@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import time
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,15 @@ from gql import __version__
 from gql.cache import CacheState, ResultCache, cache_config
 from gql.config import Settings
 from gql.data import PriceSource
-from gql.logs import REQUEST_ID_HEADER, install_record_factory, new_request_id, request_id
+from gql.logs import (
+    REQUEST_ID_HEADER,
+    access_log,
+    install_record_factory,
+    log_request,
+    new_request_id,
+    request_id,
+    request_summary,
+)
 from gql.responses import ResponseCacheApp, record_result
 from gql.schedule import parse_time_of_day, run_daily
 from gql.schema import CACHED_FIELDS, Backend, CacheTarget, Context, build_schema, refresh
@@ -198,7 +207,7 @@ class PathDispatch:
 
 
 class RequestIdMiddleware:
-    """Give each request an id: in the `X-Request-ID` response header and in every log line it causes."""
+    """Give each request an id (the `X-Request-ID` header, every log line it causes) and log one line for it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -207,20 +216,26 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
         incoming = _header(scope, _REQUEST_ID_BYTES)
         rid = new_request_id(incoming.decode("latin-1") if incoming else None)
         token = request_id.set(rid)
-
+        summary: dict = {"status": 500}
+        summary_token = request_summary.set(summary)
         header = (_REQUEST_ID_BYTES, rid.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
+                summary["status"] = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if access_log.isEnabledFor(logging.INFO):
+                log_request(scope, summary, time.perf_counter() - began)
+            request_summary.reset(summary_token)
             request_id.reset(token)
 
 

@@ -13,6 +13,11 @@ import re
 # "-" outside a request (startup, background work).
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
+# What the request log line says beyond method, path and status: filled in by the layers that know
+# (the GraphQL layer sets `operation` and `cache`), logged once when the response is done.
+request_summary: contextvars.ContextVar[dict | None] = contextvars.ContextVar("request_summary", default=None)
+access_log = logging.getLogger("gql.access")
+
 REQUEST_ID_HEADER = "x-request-id"
 # An incoming id is kept (so a proxy's id links its logs to ours) only if it is short and plain.
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -27,6 +32,29 @@ def new_request_id(incoming: str | None) -> str:
         return incoming
     # Unique, not secret: a random per-process prefix and a counter cost far less than a uuid4.
     return f"{_ID_PREFIX}{next(_id_counter):08x}"
+
+
+def note(**fields: object) -> None:
+    """Add fields to the current request's log line."""
+    summary = request_summary.get()
+    if summary is not None:
+        summary.update(fields)
+
+
+def log_request(scope: dict, summary: dict, seconds: float) -> None:
+    fields = {
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "status": summary.get("status"),
+        "duration_ms": round(seconds * 1000, 2),
+        **{k: v for k, v in summary.items() if k != "status"},
+    }
+    cache = ",".join(f"{e['path']}:{e['status']}" for e in fields.get("cache") or ())
+    text = (
+        f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']}ms"
+        f" operation={fields.get('operation') or '-'} cache={cache or '-'}"
+    )
+    access_log.info(text, extra={"fields": fields})
 
 
 def install_record_factory() -> None:
@@ -61,6 +89,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
+        entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -82,8 +111,12 @@ def logging_config(level: str, json_lines: bool = False) -> dict:
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
-            name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{
+                name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
+                for name in ("uvicorn", "uvicorn.error")
+            },
+            # gql.access logs one line per request with more in it (id, operation, cache statuses).
+            "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
         },
     }
 

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gql import metrics
 from gql.cache import CacheState, ResultCache
-from gql.logs import request_id
+from gql.logs import note, request_id
 from gql import stored as stored_entries
 from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
 from gql.workers import Job, QueryWorkers, StoreOrder
@@ -156,6 +156,7 @@ class ResponseCacheApp:
         scope, receive = _rewritten(scope, receive, request)
         query = request.data.get("query")
         operation_name = request.data.get("operationName")
+        note(operation=operation_name if isinstance(operation_name, str) else None)
         shape = (
             query_shape(query, operation_name, self.cached_fields)
             if isinstance(query, str) and isinstance(operation_name, (str, type(None)))
@@ -223,7 +224,9 @@ class ResponseCacheApp:
         if _etag_matches(request.headers.get("if-none-match"), stored.etag):
             await _send(send, 304, b"", headers)
             return
-        tail = body_tail(stored.report(now))
+        report = stored.report(now)
+        note(cache=report)
+        tail = body_tail(report)
         if gzip:
             body = gzip_body(stored.deflated, stored.crc, len(stored.raw), tail)
             headers["content-encoding"] = "gzip"
@@ -289,6 +292,7 @@ class ResponseCacheApp:
     async def _in_server(self, scope: Scope, receive: Receive, cacheable: bool) -> _Outcome:
         status, headers, body = await _capture(self.app, scope, receive)
         results = scope.get(RESULTS_SCOPE_KEY, [])
+        note(cache=[e for _, response in results for e in (response.get("extensions") or {}).get("cache") or ()])
         report = _cache_report(results) if status == 200 and cacheable else None
         if not report:
             return status, headers, body, None
@@ -307,6 +311,7 @@ class ResponseCacheApp:
         answer = await self.workers.execute(job)
         if answer is None:
             return None
+        note(cache=answer.report)
         if answer.stored is not None:
             metrics.RESPONSE_MISSES.inc()
         elif answer.oversize:

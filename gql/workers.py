@@ -52,6 +52,7 @@ class Answer:
 
     prefix: bytes
     tail: bytes
+    report: list[dict[str, Any]]  # extensions.cache of the answer
     stored: StoredResponse | None  # what may be cached of it (without the bodies' compressed copy)
     oversize: bool
     metric_events: list[tuple]
@@ -161,7 +162,7 @@ class _Worker:
         tail += b"}"
         report = list(extensions.get("cache") or [])
         if result.errors or not report:
-            return Answer(prefix, tail, None, False, events)
+            return Answer(prefix, tail, report, None, False, events)
         stored = StoredResponse.from_report(prefix, report)
         oversize = job.store is not None and len(prefix) > job.store.max_bytes
         if job.store is not None and not oversize:
@@ -169,7 +170,7 @@ class _Worker:
             compressed = stored.compressed()
             await stored_entries.write(self.backend.cache, job.store.keys, job.store.generations, compressed)
         # The server sends the body and answers later hits from Redis; it needs no compressed copy now.
-        return Answer(prefix, tail, stored, oversize, events)
+        return Answer(prefix, tail, report, stored, oversize, events)
 
 
 def _dumps(value: Any) -> bytes:

@@ -102,7 +102,7 @@ def _backend(compute: bool) -> SimpleNamespace:
         return fn(store, *args) if compute else (fn.__name__, *args)
 
     return SimpleNamespace(
-        settings=SimpleNamespace(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache(), run=run
+        settings=SimpleNamespace(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache(), run=run, ttl=lambda fixed: fixed
     )
 
 
