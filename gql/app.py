@@ -140,6 +140,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             }
         )
 
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready once the data is loaded; Redis being away makes the cache degraded, not the service unready."""
+        backend: Backend | None = getattr(request.app.state, "backend", None)
+        if backend is None:
+            return JSONResponse({"ready": False, "reason": "starting: the data is not loaded yet"}, status_code=503)
+        state = await backend.cache.check()
+        store = backend.prices.store
+        return JSONResponse({
+            "ready": True,
+            "data": {"source": backend.prices.description, "version": store.version, "indexes": len(store),
+                     "lastDate": store.last_date.isoformat()},
+            "cache": state.value,
+        })
+
     async def metrics_endpoint(request: Request) -> Response:
         await request.app.state.backend.cache.check()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -169,6 +183,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/", home),
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],

@@ -431,3 +431,16 @@ def test_redis_outage_logs_one_warning(settings, own_redis, caplog):
             for day in ("2020-01-06", "2020-01-07", "2020-01-08", "2020-01-09"):
                 assert "errors" not in gql(client, YIELD, asOf=day)
         assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_readyz_reports_data_and_cache(client):
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True and body["data"]["indexes"] == 10 and body["cache"] == "ok"
+
+
+def test_readyz_before_the_data_is_loaded(settings):
+    app = create_app(settings)  # not started: no lifespan has run
+    response = TestClient(app).get("/readyz")  # no `with`: the lifespan does not run
+    assert response.status_code == 503 and response.json()["ready"] is False
