@@ -41,7 +41,7 @@ from gql.logs import (
     request_id,
     request_summary,
 )
-from gql.responses import ResponseCacheApp, record_result
+from gql.responses import ResponseCacheApp, record_result, replaying
 from gql.schedule import parse_time_of_day, run_daily
 from gql.schema import CACHED_FIELDS, Backend, CacheTarget, Context, build_schema, refresh
 from gql.workers import QueryWorkers
@@ -285,17 +285,7 @@ class BodyLimitMiddleware:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(receive, b"".join(chunks)), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(

@@ -1,15 +1,23 @@
-"""Command line: `python -m gql serve | import | export-schema`."""
+"""Command line: `python -m gql serve | import | warm | refresh | export-schema`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import logging.config
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from gql.config import ConfigError, Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000/graphql"
+TARGETS = ("INDEX_CHART", "YIELD_THIS_YEAR")  # the values of gql.schema.CacheTarget (not imported: it loads the schema)
+REFRESH_MUTATION = "mutation($t: [CacheTarget!]) { refreshCache(targets: $t) { refreshed { target durationMs } } }"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,16 +38,38 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--close-column", help="name of the close column (default: found by name)")
     imp.add_argument("--date-format", help="strptime format of the dates, e.g. %%m/%%d/%%y (default: detected)")
 
+    commands.add_parser(
+        "warm",
+        help="compute the default variants now, in this process, into Redis (settings from GQL_* variables)",
+        description="Compute the default variant of each cached field (the full daily chart of every index, "
+        "this year's yields) into the Redis cache, unless it is there already. Needs no running server.",
+    )
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="ask a running server to refresh its cache (the refreshCache mutation)",
+        description="Send the refreshCache mutation to a running server. The admin token comes from --token, "
+        "else GQL_ADMIN_TOKEN, else the file named by GQL_ADMIN_TOKEN_FILE.",
+    )
+    refresh.add_argument("--target", action="append", choices=TARGETS, help="field to refresh; repeat for several (default: all)")
+    refresh.add_argument("--url", help=f"GraphQL endpoint (default: GQL_URL or {DEFAULT_URL})")
+    refresh.add_argument("--token", help="admin token (prefer GQL_ADMIN_TOKEN or GQL_ADMIN_TOKEN_FILE: arguments show in ps)")
+    refresh.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer (default: 300)")
+
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", type=Path, help="write to this file instead of standard output")
 
     args = parser.parse_args(argv)
+    if args.command == "refresh":
+        # A client of another process: the server's settings are none of its business.
+        return _refresh(args)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return {"serve": _serve, "import": _import, "export-schema": _export_schema}[args.command](args, settings)
+    handlers = {"serve": _serve, "import": _import, "warm": _warm, "export-schema": _export_schema}
+    return handlers[args.command](args, settings)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -86,6 +116,167 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         f"{dropped}; read column {report.date_column!r} as dates ({report.date_format}) and {report.close_column!r} as closes"
     )
     return 0
+
+
+# --- warm ------------------------------------------------------------------------------------------
+
+
+def _warm(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from gql.logs import configure
+
+    # Warnings (Redis unreachable, a result too large to cache) go to standard error.
+    configure(settings.log_level, settings.log_json)
+    if not settings.cache_enabled:
+        print("error: caching is switched off (GQL_CACHE_ENABLED=false): there is nothing to warm", file=sys.stderr)
+        return 2
+    return asyncio.run(_warm_async(settings))
+
+
+async def _warm_async(settings: Settings) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gql.cache import CacheState, ResultCache, cache_config
+    from gql.data import DataError, PriceSource
+    from gql.schema import CHART_NAMESPACE, YIELD_NAMESPACE, Backend, CacheTarget, refresh
+
+    redis_at = f"Redis at {_without_password(settings.redis_url)}"
+    try:
+        prices = PriceSource(settings.data_dir)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        cache = ResultCache(cache_config(settings))
+    except ValueError as exc:  # redis-py refuses the URL
+        print(f"error: REDIS_URL is not usable: {exc}", file=sys.stderr)
+        return 2
+    pool = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="gql-compute")
+    try:
+        if await cache.check() is not CacheState.OK:
+            print(_no_effect(redis_at), file=sys.stderr)
+            return 1
+        store = prices.store
+        print(
+            f"warming {redis_at} (key prefix {settings.cache_prefix!r}) with {len(store)} indexes from "
+            f"{prices.description}, data version {store.version}"
+        )
+        backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
+        targets = list(CacheTarget)
+        namespaces = {CacheTarget.INDEX_CHART: CHART_NAMESPACE, CacheTarget.YIELD_THIS_YEAR: YIELD_NAMESPACE}
+        durations = await refresh(backend, targets, invalidate=False)
+        for target, ms in zip(targets, durations):
+            computed = cache.computations[namespaces[target]] > 0
+            done = "computed and stored" if computed else "already cached, nothing to do"
+            print(f"{target.value}: {done} ({ms:.1f} ms)")
+        if cache.state is not CacheState.OK:  # Redis went away during the run
+            print(_no_effect(redis_at), file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        await cache.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _no_effect(redis_at: str) -> str:
+    return (
+        f"error: {redis_at} is unreachable: warming had no effect beyond this process (its in-process cache "
+        "dies with it). Start Redis or set REDIS_URL, then run warm again"
+    )
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- refresh -------------------------------------------------------------------------------------
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    url = args.url or os.environ.get("GQL_URL", "").strip() or DEFAULT_URL
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).netloc:
+        print(f"error: {url!r} is not an http:// or https:// URL; e.g. {DEFAULT_URL}", file=sys.stderr)
+        return 2
+    try:
+        token = _admin_token(args.token)
+    except OSError as exc:
+        print(f"error: GQL_ADMIN_TOKEN_FILE={os.environ['GQL_ADMIN_TOKEN_FILE']!r} cannot be read: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not token:
+        print("error: no admin token: pass --token, or set GQL_ADMIN_TOKEN or GQL_ADMIN_TOKEN_FILE", file=sys.stderr)
+        return 2
+    targets = list(dict.fromkeys(args.target)) if args.target else None
+    body = json.dumps({"query": REFRESH_MUTATION, "variables": {"t": targets}}).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with _NO_REDIRECTS.open(request, timeout=args.timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "elsewhere")
+            print(f"error: {url} redirects (HTTP {exc.code}) to {where}; pass the final URL with --url", file=sys.stderr)
+            return 1
+        status, raw = exc.code, exc.read()
+    except urllib.error.URLError as exc:
+        print(f"error: could not reach {url}: {exc.reason}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"error: {url} did not answer within {args.timeout:g} s (--timeout)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the connection was reset
+        print(f"error: could not reach {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        print(f"error: {url} answered HTTP {status} with no GraphQL response; is it the /graphql endpoint?", file=sys.stderr)
+        return 1
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    if errors:
+        for error in errors:
+            code = (error.get("extensions") or {}).get("code", "no code")
+            print(f"error: {error.get('message')} ({code})", file=sys.stderr)
+        return 1
+    try:
+        refreshed = answer["data"]["refreshCache"]["refreshed"]
+    except (KeyError, TypeError):
+        print(f"error: {url} answered HTTP {status} without a refreshCache result", file=sys.stderr)
+        return 1
+    for item in refreshed:
+        print(f"{item['target']}: refreshed in {item['durationMs']:.1f} ms")
+    return 0
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    # Following a redirect would send the admin token on to wherever it points.
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
+def _admin_token(given: str | None) -> str | None:
+    """--token, else GQL_ADMIN_TOKEN, else the contents of GQL_ADMIN_TOKEN_FILE (as the server reads them)."""
+    token = (given or os.environ.get("GQL_ADMIN_TOKEN") or "").strip()
+    if token:
+        return token
+    path = os.environ.get("GQL_ADMIN_TOKEN_FILE", "").strip()
+    if path:
+        return Path(path).expanduser().read_text(encoding="utf-8").strip() or None
+    return None
+
+
+# --- export-schema -------------------------------------------------------------------------------
 
 
 def _export_schema(args: argparse.Namespace, settings: Settings) -> int:

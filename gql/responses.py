@@ -147,7 +147,7 @@ class ResponseCacheApp:
             await _send_json(send, 400, _error(str(exc), "BAD_REQUEST"), {"cache-control": "no-store"})
             return
         if request is None:  # not a single JSON operation (a batch, a form, GraphiQL)
-            await self.app(scope, _replaying(receive, body), send)
+            await self.app(scope, replaying(receive, body), send)
             return
         refusal = await self._resolve_persisted_query(request)
         if refusal is not None:
@@ -425,7 +425,7 @@ def _checked_json(body: bytes) -> Any:
 def _rewritten(scope: Scope, receive: Receive, request: _Request) -> tuple[Scope, Receive]:
     """The request as the GraphQL app must see it (with a persisted query filled in)."""
     if request.method == "POST":
-        return scope, _replaying(receive, request.replay_body or b"")
+        return scope, replaying(receive, request.replay_body or b"")
     if request.data.get("query") is None:
         return scope, receive
     params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
@@ -433,7 +433,8 @@ def _rewritten(scope: Scope, receive: Receive, request: _Request) -> tuple[Scope
     return {**scope, "query_string": urlencode(params).encode("latin-1")}, receive
 
 
-def _replaying(receive: Receive, body: bytes) -> Receive:
+def replaying(receive: Receive, body: bytes) -> Receive:
+    """A receive that delivers `body` (already read) first, then whatever `receive` delivers."""
     sent = False
 
     async def replay() -> Message:

@@ -1,0 +1,774 @@
+// Index dashboard: talks to /graphql exactly as any outside frontend would; no framework, no build step.
+"use strict";
+
+(() => {
+  const PALETTE = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b",
+    "#d6338f", "#0e8c99", "#5f6b77", "#8a8a14", "#e8710a",
+  ];
+  const DEFAULT_CODES = ["000300", "000905", "HSI"];
+  const LONG_RANGES = new Set(["3Y", "5Y", "ALL"]);
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  const DAY_MS = 86400000;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const INDEXES_QUERY = `query Indexes { indexes { code name source firstDate lastDate } }`;
+  const CHART_QUERY = `query Chart($codes: [String!], $start: Date, $frequency: Frequency!) {
+  indexChart(codes: $codes, start: $start, frequency: $frequency) {
+    start end frequency
+    series { code name totalReturn maxDrawdown points { date normalized drawdown } }
+  }
+}`;
+  const YTD_QUERY = `query YearToDate {
+  yieldThisYear { code name yieldPct baseDate baseClose lastDate lastClose baseIsFirstCloseOfYear }
+}`;
+  const REFRESH_MUTATION = `mutation Refresh { refreshCache { refreshed { target durationMs } } }`;
+
+  const state = {
+    indexes: [],
+    colors: new Map(),
+    lastDate: null,
+    range: "5Y",
+    frequency: "WEEKLY",
+    frequencyChosen: false,
+    view: "performance",
+    selected: new Set(),
+    chart: null,
+    chartSeq: 0,
+    ytdSeq: 0,
+  };
+
+  const $ = (selector) => document.querySelector(selector);
+
+  // --- API -------------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(message, code, cache) {
+      super(message);
+      this.code = code;
+      this.cache = cache || [];
+    }
+  }
+
+  async function graphql(query, variables, headers) {
+    let response;
+    try {
+      response = await fetch("/graphql", {
+        method: "POST",
+        headers: { "content-type": "application/json", ...(headers || {}) },
+        body: JSON.stringify({ query, variables: variables || {} }),
+      });
+    } catch (err) {
+      throw new ApiError(`could not reach the API (${err.message})`, "NETWORK");
+    }
+    const text = await response.text();
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      const detail = text.trim().slice(0, 200) || response.statusText;
+      throw new ApiError(`the API answered HTTP ${response.status}: ${detail}`, `HTTP_${response.status}`);
+    }
+    const cache = (body && body.extensions && body.extensions.cache) || [];
+    if (body.errors && body.errors.length) {
+      const message = body.errors.map((e) => e.message).join("; ");
+      const code = body.errors[0].extensions && body.errors[0].extensions.code;
+      throw new ApiError(message, code, cache);
+    }
+    if (!response.ok || !body.data) {
+      throw new ApiError(`the API answered HTTP ${response.status} without data`, `HTTP_${response.status}`, cache);
+    }
+    return { data: body.data, cache };
+  }
+
+  // --- Formatting ------------------------------------------------------------------------------------
+
+  function formatPct(value) {
+    return `${value > 0 ? "+" : ""}${value.toFixed(2)} %`;
+  }
+
+  function formatAge(seconds) {
+    const age = Math.max(0, seconds || 0);
+    return age < 10 ? age.toFixed(1) : String(Math.round(age));
+  }
+
+  function formatMs(ms) {
+    return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
+  }
+
+  function formatNumber(value) {
+    return value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  }
+
+  function shortName(index) {
+    const short = index.name.replace(/\s*[(（].*[)）]\s*$/, "").trim();
+    return short || index.name;
+  }
+
+  function errorText(err) {
+    return err.code && !String(err.code).startsWith("HTTP_") && err.code !== "NETWORK"
+      ? `${err.message} (${err.code})` : err.message;
+  }
+
+  function showError(selector, message) {
+    const el = $(selector);
+    el.textContent = message;
+    el.hidden = false;
+  }
+
+  function hideError(selector) {
+    const el = $(selector);
+    el.textContent = "";
+    el.hidden = true;
+  }
+
+  function renderCache(selector, entries) {
+    const el = $(selector);
+    el.replaceChildren();
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = "Cache:";
+    el.append(label);
+    if (!entries.length) {
+      const none = document.createElement("span");
+      none.className = "cache-entry";
+      none.dataset.status = "NONE";
+      none.textContent = "no cached field";
+      el.append(none);
+      return;
+    }
+    for (const entry of entries) {
+      const span = document.createElement("span");
+      span.className = "cache-entry";
+      span.dataset.status = entry.status;
+      span.dataset.field = entry.field || entry.path;
+      span.dataset.age = String(entry.ageSeconds);
+      const prefix = entries.length > 1 ? `${entry.field || entry.path} ` : "";
+      span.textContent = `${prefix}${entry.status}, ${formatAge(entry.ageSeconds)} s old`;
+      const ttl = typeof entry.ttlSeconds === "number" ? `, fresh for ${Math.round(entry.ttlSeconds)} s more` : "";
+      span.title = `${entry.path}: ${entry.status}, computed ${formatAge(entry.ageSeconds)} s ago${ttl}`;
+      el.append(span);
+    }
+  }
+
+  // --- Dates -----------------------------------------------------------------------------------------
+
+  function parseDate(iso) {
+    const [y, m, d] = iso.split("-").map(Number);
+    return Date.UTC(y, m - 1, d);
+  }
+
+  function isoDate(ms) {
+    return new Date(ms).toISOString().slice(0, 10);
+  }
+
+  function yearsBefore(iso, years) {
+    const [y, m, d] = iso.split("-").map(Number);
+    const daysInMonth = new Date(Date.UTC(y - years, m, 0)).getUTCDate();
+    return isoDate(Date.UTC(y - years, m - 1, Math.min(d, daysInMonth)));
+  }
+
+  function startForRange(range, lastDate) {
+    if (!lastDate) return null;
+    switch (range) {
+      case "1Y": return yearsBefore(lastDate, 1);
+      case "3Y": return yearsBefore(lastDate, 3);
+      case "5Y": return yearsBefore(lastDate, 5);
+      case "YTD": return `${lastDate.slice(0, 4)}-01-01`;
+      default: return null;
+    }
+  }
+
+  // --- Header and index picker -----------------------------------------------------------------------
+
+  function renderHeader() {
+    const sources = [...new Set(state.indexes.map((i) => i.source))];
+    $("#data-source").textContent = sources.length ? sources.join(", ") : "no indexes";
+    $("#data-last-date").textContent = state.lastDate || "–";
+  }
+
+  function renderIndexOptions() {
+    const box = $("#index-options");
+    box.replaceChildren();
+    for (const index of state.indexes) {
+      const label = document.createElement("label");
+      label.className = "index-option";
+      label.style.setProperty("--swatch", state.colors.get(index.code));
+      label.title = `${index.name}: ${index.firstDate} to ${index.lastDate}`;
+      const input = document.createElement("input");
+      input.type = "checkbox";
+      input.value = index.code;
+      input.dataset.code = index.code;
+      input.checked = state.selected.has(index.code);
+      input.addEventListener("change", () => {
+        if (input.checked) state.selected.add(index.code);
+        else state.selected.delete(index.code);
+        loadChart();
+      });
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.setAttribute("aria-hidden", "true");
+      const name = document.createElement("span");
+      name.textContent = shortName(index);
+      label.append(input, swatch, name);
+      if (name.textContent !== index.code) {
+        const code = document.createElement("span");
+        code.className = "code";
+        code.textContent = index.code;
+        label.append(code);
+      }
+      box.append(label);
+    }
+    if (!state.indexes.length) box.textContent = "No indexes in the data set.";
+  }
+
+  // --- Chart -----------------------------------------------------------------------------------------
+
+  function svgEl(tag, attrs, text) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, String(value));
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+
+  function niceTicks(lo, hi, count) {
+    if (!(hi > lo)) {
+      lo -= 1;
+      hi += 1;
+    }
+    const raw = (hi - lo) / Math.max(1, count);
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const err = raw / power;
+    const step = power * (err >= 7.07 ? 10 : err >= 3.16 ? 5 : err >= 1.41 ? 2 : 1);
+    const start = Math.floor(lo / step) * step;
+    const end = Math.ceil(hi / step) * step;
+    const ticks = [];
+    for (let v = start; v <= end + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
+    return { lo: start, hi: end, step, ticks };
+  }
+
+  function timeTicks(t0, t1, plotWidth) {
+    const spanDays = (t1 - t0) / DAY_MS;
+    let maxTicks = Math.max(2, Math.floor(plotWidth / 75));
+    const ticks = [];
+    for (const days of [1, 2, 7, 14]) {
+      if (spanDays / days <= maxTicks) {
+        // Weekly ticks fall on Mondays.
+        let t = Math.ceil(t0 / DAY_MS) * DAY_MS;
+        if (days >= 7) while (new Date(t).getUTCDay() !== 1) t += DAY_MS;
+        for (; t <= t1; t += days * DAY_MS) {
+          const d = new Date(t);
+          ticks.push({ t, label: `${MONTHS[d.getUTCMonth()]} ${d.getUTCDate()}` });
+        }
+        return ticks;
+      }
+    }
+    for (const months of [1, 2, 3, 6]) {
+      if (spanDays / (30.44 * months) <= maxTicks) {
+        const first = new Date(t0);
+        let y = first.getUTCFullYear();
+        let m = first.getUTCMonth();
+        if (Date.UTC(y, m, 1) < t0) m += 1;
+        while (m % months) m += 1;
+        for (let t = Date.UTC(y, m, 1); t <= t1; m += months, t = Date.UTC(y, m, 1)) {
+          const d = new Date(t);
+          const month = d.getUTCMonth();
+          const label = month === 0 || ticks.length === 0 ? `${MONTHS[month]} ${d.getUTCFullYear()}` : MONTHS[month];
+          ticks.push({ t, label: month === 0 ? String(d.getUTCFullYear()) : label });
+        }
+        return ticks;
+      }
+    }
+    maxTicks = Math.max(2, Math.floor(plotWidth / 55));
+    for (const years of [1, 2, 5, 10, 20, 50]) {
+      if (spanDays / (365.25 * years) <= maxTicks || years === 50) {
+        let y = new Date(t0).getUTCFullYear();
+        if (Date.UTC(y, 0, 1) < t0) y += 1;
+        while (y % years) y += 1;
+        for (let t = Date.UTC(y, 0, 1); t <= t1; y += years, t = Date.UTC(y, 0, 1)) {
+          ticks.push({ t, label: String(y) });
+        }
+        return ticks;
+      }
+    }
+    return ticks;
+  }
+
+  function valueOf(point) {
+    return state.view === "performance" ? point.normalized : point.drawdown;
+  }
+
+  function formatAxisValue(value, step) {
+    const decimals = step >= 1 ? 0 : Math.min(4, Math.ceil(-Math.log10(step)));
+    const text = value.toFixed(decimals);
+    return state.view === "performance" ? text : `${text} %`;
+  }
+
+  function renderChart() {
+    const area = $("#chart-area");
+    const chart = state.chart;
+    const section = $("#chart");
+    section.dataset.view = state.view;
+    $("#chart-subtitle").textContent = chart
+      ? `${state.view === "performance" ? "Performance, start = 100" : "Drawdown, % below the running peak"} · ${chart.start} to ${chart.end} · ${chart.frequency.toLowerCase()}`
+      : "";
+    renderLegend();
+    if (!chart) return;
+
+    const series = chart.series.filter((s) => s.points.length > 0);
+    if (!series.length) {
+      const empty = document.createElement("p");
+      empty.className = "placeholder";
+      empty.textContent = "No prices in this range for the selected indexes.";
+      area.replaceChildren(empty);
+      return;
+    }
+
+    const width = Math.max(320, Math.floor(area.clientWidth || 720));
+    const height = Math.round(Math.min(420, Math.max(240, width * 0.45)));
+    // The axis spans the range asked for, so a YTD chart starts at Jan 1 even if the first close is later.
+    let t0 = parseDate(chart.start);
+    let t1 = parseDate(chart.end);
+    let lo = Infinity;
+    let hi = -Infinity;
+    const parsed = series.map((s) => {
+      const times = s.points.map((p) => parseDate(p.date));
+      const values = s.points.map(valueOf);
+      t0 = Math.min(t0, times[0]);
+      t1 = Math.max(t1, times[times.length - 1]);
+      for (const v of values) {
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      return { series: s, times, values };
+    });
+    if (state.view === "performance") {
+      lo = Math.min(lo, 100);
+      hi = Math.max(hi, 100);
+    } else {
+      hi = 0;
+    }
+    if (t1 <= t0) {
+      t0 -= DAY_MS;
+      t1 += DAY_MS;
+    }
+
+    const yTicks = niceTicks(lo, hi, Math.max(3, Math.floor(height / 60)));
+    const yLabels = yTicks.ticks.map((v) => formatAxisValue(v, yTicks.step));
+    const margin = {
+      top: 10,
+      right: 14,
+      bottom: 26,
+      left: 12 + 7.2 * Math.max(...yLabels.map((l) => l.length)),
+    };
+    const plotW = width - margin.left - margin.right;
+    const plotH = height - margin.top - margin.bottom;
+    const x = (t) => margin.left + ((t - t0) / (t1 - t0)) * plotW;
+    const y = (v) => margin.top + (1 - (v - yTicks.lo) / (yTicks.hi - yTicks.lo)) * plotH;
+
+    const names = series.map((s) => s.name).join(", ");
+    const svg = svgEl("svg", {
+      viewBox: `0 0 ${width} ${height}`,
+      width,
+      height,
+      role: "img",
+      "aria-label": `${state.view === "performance" ? "Normalized performance (start = 100)" : "Drawdown in percent"} of ${names}, ${chart.start} to ${chart.end}`,
+      "data-view": state.view,
+      "data-start": chart.start,
+      "data-end": chart.end,
+      "data-frequency": chart.frequency,
+    });
+
+    const grid = svgEl("g", { class: "grid" });
+    const yAxis = svgEl("g", { class: "axis y-axis" });
+    yTicks.ticks.forEach((v, i) => {
+      const py = y(v);
+      grid.append(svgEl("line", { x1: margin.left, x2: width - margin.right, y1: py, y2: py }));
+      yAxis.append(svgEl("text", { x: margin.left - 6, y: py, "text-anchor": "end", "dominant-baseline": "middle" }, yLabels[i]));
+    });
+    const xAxis = svgEl("g", { class: "axis x-axis" });
+    const xTicks = timeTicks(t0, t1, plotW);
+    for (const tick of xTicks) {
+      const px = x(tick.t);
+      grid.append(svgEl("line", { x1: px, x2: px, y1: margin.top, y2: margin.top + plotH }));
+      xAxis.append(svgEl("line", { x1: px, x2: px, y1: margin.top + plotH, y2: margin.top + plotH + 4 }));
+      xAxis.append(svgEl("text", { x: px, y: height - 6, "text-anchor": "middle" }, tick.label));
+    }
+    xAxis.append(svgEl("line", { x1: margin.left, x2: width - margin.right, y1: margin.top + plotH, y2: margin.top + plotH }));
+    svg.append(grid, yAxis, xAxis);
+
+    const reference = state.view === "performance" ? 100 : 0;
+    svg.append(svgEl("line", {
+      class: "baseline", x1: margin.left, x2: width - margin.right, y1: y(reference), y2: y(reference),
+    }));
+
+    const lines = svgEl("g", { class: "series" });
+    for (const p of parsed) {
+      const coords = p.times.map((t, i) => `${x(t).toFixed(1)},${y(p.values[i]).toFixed(1)}`).join(" ");
+      const line = svgEl("polyline", {
+        points: coords,
+        stroke: state.colors.get(p.series.code) || "#333",
+        "data-code": p.series.code,
+        "data-points": p.times.length,
+        "data-first-date": p.series.points[0].date,
+        "data-last-date": p.series.points[p.series.points.length - 1].date,
+      });
+      line.append(svgEl("title", {}, p.series.name));
+      lines.append(line);
+    }
+    svg.append(lines);
+
+    const hoverLine = svgEl("line", {
+      class: "hover-line", y1: margin.top, y2: margin.top + plotH, x1: 0, x2: 0, visibility: "hidden",
+    });
+    const overlay = svgEl("rect", {
+      x: margin.left, y: margin.top, width: plotW, height: plotH, fill: "transparent", "pointer-events": "all",
+    });
+    svg.append(hoverLine, overlay);
+
+    const tooltip = document.createElement("div");
+    tooltip.className = "tooltip";
+    tooltip.hidden = true;
+    tooltip.setAttribute("aria-hidden", "true");
+
+    overlay.addEventListener("pointermove", (event) => {
+      const rect = svg.getBoundingClientRect();
+      const px = ((event.clientX - rect.left) / rect.width) * width;
+      const t = t0 + ((px - margin.left) / plotW) * (t1 - t0);
+      showTooltip(t, px, (event.clientY - rect.top) * (height / rect.height));
+    });
+    overlay.addEventListener("pointerleave", () => {
+      tooltip.hidden = true;
+      hoverLine.setAttribute("visibility", "hidden");
+    });
+
+    function nearest(times, t) {
+      let lo2 = 0;
+      let hi2 = times.length - 1;
+      while (lo2 < hi2) {
+        const mid = (lo2 + hi2) >> 1;
+        if (times[mid] < t) lo2 = mid + 1;
+        else hi2 = mid;
+      }
+      if (lo2 > 0 && Math.abs(times[lo2 - 1] - t) <= Math.abs(times[lo2] - t)) lo2 -= 1;
+      return lo2;
+    }
+
+    function showTooltip(t, px, py) {
+      let best = null;
+      const rows = [];
+      for (const p of parsed) {
+        const i = nearest(p.times, t);
+        if (best === null || Math.abs(p.times[i] - t) < Math.abs(best - t)) best = p.times[i];
+        rows.push({ p, i });
+      }
+      const bx = x(best);
+      hoverLine.setAttribute("x1", bx);
+      hoverLine.setAttribute("x2", bx);
+      hoverLine.setAttribute("visibility", "visible");
+      const date = document.createElement("div");
+      date.className = "tip-date";
+      date.textContent = isoDate(best);
+      tooltip.replaceChildren(date);
+      for (const { p, i } of rows) {
+        const row = document.createElement("div");
+        row.className = "tip-row";
+        const swatch = document.createElement("span");
+        swatch.className = "swatch";
+        swatch.style.setProperty("--swatch", state.colors.get(p.series.code));
+        const name = document.createElement("span");
+        name.textContent = shortName(p.series);
+        const value = document.createElement("span");
+        value.className = "value";
+        const v = p.values[i];
+        value.textContent = state.view === "performance" ? v.toFixed(2) : `${v.toFixed(2)} %`;
+        if (p.times[i] !== best) value.textContent += ` (${p.series.points[i].date})`;
+        row.append(swatch, name, value);
+        tooltip.append(row);
+      }
+      tooltip.hidden = false;
+      const scale = area.clientWidth / width;
+      const left = bx * scale + 14;
+      const tipWidth = tooltip.offsetWidth;
+      tooltip.style.left = `${left + tipWidth > area.clientWidth ? bx * scale - tipWidth - 14 : left}px`;
+      tooltip.style.top = `${Math.max(0, Math.min(py * scale - 20, area.clientHeight - tooltip.offsetHeight))}px`;
+    }
+
+    area.replaceChildren(svg, tooltip);
+  }
+
+  function renderLegend() {
+    const legend = $("#chart-legend");
+    legend.replaceChildren();
+    if (!state.chart) return;
+    for (const s of state.chart.series) {
+      const item = document.createElement("li");
+      item.dataset.code = s.code;
+      item.style.setProperty("--swatch", state.colors.get(s.code));
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.setAttribute("aria-hidden", "true");
+      const name = document.createElement("span");
+      name.textContent = s.name;
+      const stats = document.createElement("span");
+      stats.className = "stats";
+      stats.textContent = s.points.length
+        ? `${formatPct(s.totalReturn)}, max drawdown ${formatPct(s.maxDrawdown)}`
+        : "no prices in this range";
+      item.append(swatch, name, stats);
+      legend.append(item);
+    }
+  }
+
+  function setChartState(value) {
+    $("#chart").dataset.state = value;
+    $("#chart-area").setAttribute("aria-busy", value === "loading" ? "true" : "false");
+  }
+
+  async function loadChart() {
+    const seq = ++state.chartSeq;
+    const section = $("#chart");
+    section.dataset.range = state.range;
+    section.dataset.frequency = state.frequency;
+    if (!state.lastDate) {
+      setChartState("error");
+      showError("#chart-error", "Chart unavailable: the list of indexes could not be loaded.");
+      return;
+    }
+    const codes = state.indexes.map((i) => i.code).filter((code) => state.selected.has(code));
+    if (!codes.length) {
+      state.chart = null;
+      hideError("#chart-error");
+      const hint = document.createElement("p");
+      hint.className = "placeholder";
+      hint.textContent = "Select at least one index to draw the chart.";
+      $("#chart-area").replaceChildren(hint);
+      $("#chart-cache").replaceChildren();
+      renderChart();
+      setChartState("empty");
+      return;
+    }
+    setChartState("loading");
+    const variables = { codes, start: startForRange(state.range, state.lastDate), frequency: state.frequency };
+    try {
+      const { data, cache } = await graphql(CHART_QUERY, variables);
+      if (seq !== state.chartSeq) return;
+      hideError("#chart-error");
+      state.chart = data.indexChart;
+      renderChart();
+      renderCache("#chart-cache", cache);
+      section.dataset.generation = String(Number(section.dataset.generation || 0) + 1);
+      setChartState("ready");
+    } catch (err) {
+      if (seq !== state.chartSeq) return;
+      state.chart = null;
+      showError("#chart-error", `Could not load the chart: ${errorText(err)}`);
+      const none = document.createElement("p");
+      none.className = "placeholder";
+      none.textContent = "No chart.";
+      $("#chart-area").replaceChildren(none);
+      renderChart();
+      renderCache("#chart-cache", err.cache);
+      setChartState("error");
+    }
+  }
+
+  // --- Year-to-date table ----------------------------------------------------------------------------
+
+  function renderYtd(rows) {
+    const body = $("#ytd-table tbody");
+    body.replaceChildren();
+    const sorted = [...rows].sort((a, b) => b.yieldPct - a.yieldPct || a.code.localeCompare(b.code));
+    let flagged = false;
+    for (const row of sorted) {
+      const tr = document.createElement("tr");
+      tr.dataset.code = row.code;
+      tr.dataset.yield = String(row.yieldPct);
+
+      const nameCell = document.createElement("td");
+      const name = document.createElement("span");
+      name.className = "index-name";
+      name.textContent = shortName(row);
+      name.title = row.name;
+      const code = document.createElement("span");
+      code.className = "index-code";
+      const alias = row.name.match(/[(（]([^()（）]*)[)）]\s*$/);
+      code.textContent = alias ? `${row.code} · ${alias[1]}` : row.code;
+      if (row.baseIsFirstCloseOfYear) {
+        flagged = true;
+        const flag = document.createElement("abbr");
+        flag.className = "flag";
+        flag.textContent = " †";
+        flag.title = "No close in the previous year: measured from the first close of this year";
+        code.append(flag);
+      }
+      nameCell.append(name, code);
+
+      const pct = document.createElement("td");
+      pct.className = `num ytd ${row.yieldPct > 0 ? "pos" : row.yieldPct < 0 ? "neg" : ""}`;
+      pct.textContent = formatPct(row.yieldPct);
+
+      const base = document.createElement("td");
+      base.className = "date base-date";
+      base.textContent = row.baseDate;
+      base.title = `Base close ${formatNumber(row.baseClose)} on ${row.baseDate}`;
+
+      const last = document.createElement("td");
+      last.className = "date last-date";
+      last.textContent = row.lastDate;
+      last.title = `Last close ${formatNumber(row.lastClose)} on ${row.lastDate}`;
+
+      tr.append(nameCell, pct, base, last);
+      body.append(tr);
+    }
+    if (!sorted.length) {
+      const tr = document.createElement("tr");
+      const td = document.createElement("td");
+      td.colSpan = 4;
+      td.textContent = "No indexes.";
+      tr.append(td);
+      body.append(tr);
+    }
+    $("#ytd-note").textContent = "Base: last close of the previous year. Last: latest close. Hover a date for its close."
+      + (flagged ? " † no close in the previous year: measured from the first close of this year." : "");
+  }
+
+  async function loadYtd() {
+    const seq = ++state.ytdSeq;
+    const section = $("#ytd");
+    const table = $("#ytd-table");
+    section.dataset.state = "loading";
+    table.setAttribute("aria-busy", "true");
+    try {
+      const { data, cache } = await graphql(YTD_QUERY);
+      if (seq !== state.ytdSeq) return;
+      hideError("#ytd-error");
+      renderYtd(data.yieldThisYear);
+      renderCache("#ytd-cache", cache);
+      section.dataset.generation = String(Number(section.dataset.generation || 0) + 1);
+      section.dataset.state = "ready";
+    } catch (err) {
+      if (seq !== state.ytdSeq) return;
+      showError("#ytd-error", `Could not load the year-to-date table: ${errorText(err)}`);
+      renderCache("#ytd-cache", err.cache);
+      section.dataset.state = "error";
+    } finally {
+      if (seq === state.ytdSeq) table.setAttribute("aria-busy", "false");
+    }
+  }
+
+  // --- Refresh ---------------------------------------------------------------------------------------
+
+  function setRefreshStatus(text, status, targets) {
+    const el = $("#refresh-status");
+    el.textContent = text;
+    el.dataset.state = status;
+    if (targets) el.dataset.targets = targets.join(",");
+    else delete el.dataset.targets;
+  }
+
+  function showRefreshForm(open) {
+    const form = $("#refresh-form");
+    form.hidden = !open;
+    $("#refresh-button").setAttribute("aria-expanded", String(open));
+    if (open) $("#refresh-token").focus();
+    else $("#refresh-token").value = "";
+  }
+
+  async function refreshCache(event) {
+    event.preventDefault();
+    const token = $("#refresh-token").value.trim();
+    const buttons = [$("#refresh-button"), $("#refresh-submit")];
+    buttons.forEach((b) => { b.disabled = true; });
+    setRefreshStatus("Refreshing the cache…", "pending");
+    try {
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const { data } = await graphql(REFRESH_MUTATION, {}, headers);
+      const refreshed = data.refreshCache.refreshed;
+      const summary = refreshed.map((r) => `${r.target} in ${formatMs(r.durationMs)}`).join(", ");
+      const targets = refreshed.map((r) => r.target);
+      showRefreshForm(false);
+      setRefreshStatus(`Refreshed ${summary}. Reloading data…`, "ok", targets);
+      await Promise.all([loadChart(), loadYtd()]);
+      setRefreshStatus(`Refreshed ${summary}; data reloaded at ${new Date().toLocaleTimeString("en-GB")}.`, "ok", targets);
+    } catch (err) {
+      setRefreshStatus(`Refresh failed: ${errorText(err)}`, "error");
+      $("#refresh-token").select();
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  // --- Controls and start ----------------------------------------------------------------------------
+
+  function pressOnly(container, button) {
+    for (const b of container.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b === button));
+  }
+
+  function bindControls() {
+    const ranges = $("#range-buttons");
+    ranges.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-range]");
+      if (!button) return;
+      pressOnly(ranges, button);
+      state.range = button.dataset.range;
+      if (!state.frequencyChosen) {
+        state.frequency = LONG_RANGES.has(state.range) ? "WEEKLY" : "DAILY";
+        $("#frequency").value = state.frequency;
+      }
+      loadChart();
+    });
+    $("#frequency").addEventListener("change", (event) => {
+      state.frequency = event.target.value;
+      state.frequencyChosen = true;
+      loadChart();
+    });
+    const views = $("#view-buttons");
+    views.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-view]");
+      if (!button) return;
+      pressOnly(views, button);
+      state.view = button.dataset.view;
+      renderChart();
+    });
+    $("#refresh-button").addEventListener("click", () => {
+      showRefreshForm($("#refresh-form").hidden);
+    });
+    $("#refresh-cancel").addEventListener("click", () => showRefreshForm(false));
+    $("#refresh-form").addEventListener("submit", refreshCache);
+
+    let pending = false;
+    const observer = new ResizeObserver(() => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => {
+        pending = false;
+        if (state.chart && $("#chart").dataset.state === "ready") renderChart();
+      });
+    });
+    observer.observe($("#chart-area"));
+  }
+
+  async function start() {
+    bindControls();
+    const ytd = loadYtd();
+    try {
+      const { data } = await graphql(INDEXES_QUERY);
+      state.indexes = data.indexes;
+      state.indexes.forEach((index, i) => state.colors.set(index.code, PALETTE[i % PALETTE.length]));
+      state.lastDate = state.indexes.reduce((last, i) => (last && last > i.lastDate ? last : i.lastDate), null);
+      const defaults = DEFAULT_CODES.filter((code) => state.colors.has(code));
+      const chosen = defaults.length ? defaults : state.indexes.slice(0, 3).map((i) => i.code);
+      chosen.forEach((code) => state.selected.add(code));
+      hideError("#data-error");
+    } catch (err) {
+      showError("#data-error", `Could not load the list of indexes: ${errorText(err)}`);
+      $("#data-source").textContent = "unavailable";
+    }
+    renderHeader();
+    renderIndexOptions();
+    await Promise.all([loadChart(), ytd]);
+  }
+
+  start();
+})();
