@@ -277,6 +277,8 @@ class ResultCache:
             metrics.computation(namespace, time.perf_counter() - began)
 
     def _remember_locally(self, key: str, entry: _Entry) -> None:
+        if self.config.local_entries <= 0:
+            return
         self._local[key] = entry
         self._local.move_to_end(key)
         while len(self._local) > self.config.local_entries:

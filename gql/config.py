@@ -105,7 +105,7 @@ class Settings:
             (self.redis_retry_seconds >= 0, "GQL_REDIS_RETRY_SECONDS must be >= 0"),
             (self.chart_ttl > 0, "GQL_CHART_TTL must be a positive number of seconds"),
             (self.yield_ttl > 0, "GQL_YIELD_TTL must be a positive number of seconds"),
-            (self.local_cache_entries >= 1, "GQL_LOCAL_CACHE_ENTRIES must be at least 1"),
+            (self.local_cache_entries >= 0, "GQL_LOCAL_CACHE_ENTRIES must be >= 0 (0: no in-process fallback cache)"),
             (self.compute_threads >= 1, "GQL_COMPUTE_THREADS must be at least 1"),
             (self.query_processes >= 0, "GQL_QUERY_PROCESSES must be >= 0"),
             (bool(self.cache_prefix), "GQL_CACHE_PREFIX must not be empty"),

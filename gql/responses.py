@@ -39,7 +39,7 @@ from gql import metrics
 from gql.cache import CacheState, ResultCache
 from gql.logs import note, request_id
 from gql import stored as stored_entries
-from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
+from gql.stored import DEFLATE, META, RAW, SOURCE_VERSION, StoredResponse, body_tail, gzip_body
 from gql.workers import Job, QueryWorkers, StoreOrder
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ class ResponseCacheApp:
     ) -> None:
         """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
         outcome = None
-        if cacheable and self.workers is not None:
+        # Only while Redis is in use: then a refresh reaches the workers (through Redis generations).
+        if cacheable and self.workers is not None and self.cache.state is CacheState.OK:
             outcome = await self._in_worker(request, store_as)
             store_as = None  # a worker stores what it answers
         if outcome is None:
@@ -332,7 +333,10 @@ class ResponseCacheApp:
     # -- keys and persisted queries ------------------------------------------------------------------
 
     async def _key(self, shape: QueryShape, variables: Any, operation_name: str | None) -> str:
-        parts = {"q": shape.normalized, "v": variables, "op": operation_name, "data": await self.data_version()}
+        parts = {
+            "q": shape.normalized, "v": variables, "op": operation_name, "data": await self.data_version(),
+            "code": SOURCE_VERSION,  # answers of older code are never served after a deploy
+        }
         return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
     def _keys(self, key: str) -> dict[str, str]:

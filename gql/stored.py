@@ -12,6 +12,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +20,12 @@ import orjson
 from gql.cache import ResultCache
 
 META, RAW, DEFLATE = "meta", "raw", "deflate"
+
+# A stored answer depends on all of the package's code (schema, completion, encoding): a digest of its
+# sources goes into every response key, so a deploy never serves bytes an older version produced.
+SOURCE_VERSION = hashlib.sha256(
+    b"".join(path.read_bytes() for path in sorted(Path(__file__).resolve().parent.glob("*.py")))
+).hexdigest()[:12]
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 
 

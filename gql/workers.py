@@ -10,11 +10,14 @@ cache, and returns the encoded answer (plus its compressed copy and the metrics 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -67,7 +70,12 @@ class QueryWorkers:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.processes, initializer=_start_worker, initargs=(self.settings,))
+        # spawn, not fork: a fresh interpreter inherits neither the server's threads and event loop nor
+        # uvicorn's signal handlers (with those a forked worker ignored SIGTERM and outlived the server).
+        return ProcessPoolExecutor(
+            max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(self.settings,),
+        )
 
     async def execute(self, job: Job) -> Answer | None:
         try:
@@ -89,7 +97,8 @@ class QueryWorkers:
         await asyncio.gather(*[loop.run_in_executor(self._pool, _ping) for _ in range(self.processes)])
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker processes (waits for a computation in progress to end)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- inside a worker process ------------------------------------------------------------------------
@@ -101,11 +110,25 @@ def _start_worker(settings: Settings) -> None:
     global _worker
     # Cold work is background work: when both want a core, the serving process should get it.
     os.nice(10)
+    _die_with_parent()
+    # Ctrl-C in a terminal reaches the whole process group: the server shuts the pool down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from gql.logs import configure, install_record_factory
 
     configure(settings.log_level, settings.log_json)
     install_record_factory()
     _worker = _Worker(settings)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel end this process when the server dies without shutting the pool down."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a worker left behind exits when its call queue breaks
+    if os.getppid() == 1:
+        os._exit(0)  # the parent is already gone
 
 
 def _ping() -> bool:
@@ -129,7 +152,9 @@ class _Worker:
         self.backend = Backend(
             settings=settings,
             prices=PriceSource(settings.data_dir),
-            cache=ResultCache(cache_config(settings)),
+            # No in-process fallback here: the server sends work to workers only while Redis is in use,
+            # and a worker's private cache would not see a refresh made through the server.
+            cache=ResultCache(replace(cache_config(settings), local_entries=0)),
             pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="gql-compute"),
         )
 

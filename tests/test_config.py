@@ -166,7 +166,7 @@ def test_config_error_is_a_value_error():
         ("GQL_CHART_TTL", "-60"),
         ("GQL_CHART_TTL", "nan"),
         ("GQL_YIELD_TTL", "0"),
-        ("GQL_LOCAL_CACHE_ENTRIES", "0"),
+        ("GQL_LOCAL_CACHE_ENTRIES", "-1"),
         ("GQL_COMPUTE_THREADS", "0"),
     ],
 )
@@ -183,7 +183,7 @@ def test_out_of_range_value_is_rejected_naming_the_variable(name: str, raw: str)
         ("GQL_WORKERS", "1"),
         ("GQL_REDIS_RETRY_SECONDS", "0"),
         ("GQL_REDIS_TIMEOUT", "0.001"),
-        ("GQL_LOCAL_CACHE_ENTRIES", "1"),
+        ("GQL_LOCAL_CACHE_ENTRIES", "0"),
         ("GQL_COMPUTE_THREADS", "1"),
     ],
 )
@@ -210,7 +210,7 @@ def test_range_messages_say_what_is_allowed():
         {"redis_retry_seconds": -0.1},
         {"chart_ttl": 0.0},
         {"yield_ttl": -1.0},
-        {"local_cache_entries": 0},
+        {"local_cache_entries": -1},
         {"compute_threads": 0},
         {"cache_prefix": ""},
     ],

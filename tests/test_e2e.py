@@ -104,3 +104,52 @@ def test_import_then_serve_real_layouts(tmp_path):
     assert result.returncode == 1 and "line 3" in result.stderr and "Traceback" not in result.stderr
     bad.unlink()
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.csv")} == before
+
+
+def test_stopping_the_server_stops_its_worker_processes(redis_server):
+    import signal
+
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "GQL_CACHE_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "gql", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        children = _descendants(process.pid)
+        assert children, "the server runs at least one query worker process"
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], "worker processes outlived the server"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            children = (task / "children").read_text().split()
+            found += [int(c) for c in children]
+            todo += [int(c) for c in children]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

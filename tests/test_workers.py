@@ -77,3 +77,17 @@ def test_a_killed_worker_is_replaced_and_the_request_still_answered(pooled):
     assert body["data"]["yieldThisYear"][0]["code"] == "HSI"
     body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2020-02-03"})
     assert body["data"]["yieldThisYear"][0]["code"] == "HSI" and statuses(body) == ["MISS"]
+
+
+def test_while_redis_is_away_a_refresh_still_holds(settings, own_redis):
+    config = with_settings(settings, redis_url=own_redis.url, query_processes=1, admin_token="t")
+    with TestClient(create_app(config)) as client:
+        first = ask(client, YIELD, {"asOf": "2024-04-04"})
+        own_redis.stop()
+        during = ask(client, YIELD, {"asOf": "2024-04-04"})
+        assert during["data"] == first["data"]
+        refreshed = client.post("/graphql", json={"query": "mutation { refreshCache { refreshed { target } } }"},
+                                headers={"Authorization": "Bearer t"})
+        assert refreshed.json()["data"]["refreshCache"]["refreshed"]
+        # Served by the server process, whose cache the refresh reached: never a hit from before it.
+        assert statuses(ask(client, YIELD, {"asOf": "2024-04-04"})) != ["HIT"]
