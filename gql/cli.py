@@ -166,12 +166,26 @@ async def _warm_async(settings: Settings) -> int:
         targets = list(CacheTarget)
         namespaces = {CacheTarget.INDEX_CHART: CHART_NAMESPACE, CacheTarget.YIELD_THIS_YEAR: YIELD_NAMESPACE}
         durations = await refresh(backend, targets, invalidate=False)
-        for target, ms in zip(targets, durations):
-            computed = cache.computations[namespaces[target]] > 0
-            done = "computed and stored" if computed else "already cached, nothing to do"
-            print(f"{target.value}: {done} ({ms:.1f} ms)")
+        computed = dict(cache.computations)
+        # A value can be computed and yet not stored (over GQL_CACHE_MAX_ENTRY_BYTES, a failed write):
+        # a second pass finds everything in Redis, or computes again what is not there.
+        await refresh(backend, targets, invalidate=False)
         if cache.state is not CacheState.OK:  # Redis went away during the run
             print(_no_effect(redis_at), file=sys.stderr)
+            return 1
+        unstored = []
+        for target, ms in zip(targets, durations):
+            namespace = namespaces[target]
+            if not computed.get(namespace):
+                done = "already cached, nothing to do"
+            elif cache.computations[namespace] > computed[namespace]:
+                done = "computed but NOT stored in Redis (see the log)"
+                unstored.append(target.value)
+            else:
+                done = "computed and stored"
+            print(f"{target.value}: {done} ({ms:.1f} ms)")
+        if unstored:
+            print(f"error: {', '.join(unstored)} could not be stored; requests will compute it themselves", file=sys.stderr)
             return 1
         return 0
     finally:
@@ -190,8 +204,7 @@ def _without_password(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -1,0 +1,202 @@
+"""The command line as an operator runs it: `python -m gql warm | refresh | export-schema` in processes of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "cli-test-token-4f1c"
+
+
+def gql(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gql", *args],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+# --- warm --------------------------------------------------------------------------------------------
+
+
+def test_warm_stores_the_default_variants_in_redis(redis_server):
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"REDIS_URL": redis_server.url, "GQL_CACHE_PREFIX": prefix}
+    first = gql("warm", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "INDEX_CHART: computed and stored" in first.stdout
+    assert "YIELD_THIS_YEAR: computed and stored" in first.stdout
+    keys = {k.decode() for k in redis_server.client().keys(f"{prefix}:*")}
+    assert len([k for k in keys if k.startswith(f"{prefix}:entry:indexChart:")]) == 1
+    assert len([k for k in keys if k.startswith(f"{prefix}:entry:yieldThisYear:")]) == 1
+
+    again = gql("warm", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "INDEX_CHART: already cached" in again.stdout and "YIELD_THIS_YEAR: already cached" in again.stdout
+    assert {k.decode() for k in redis_server.client().keys(f"{prefix}:*")} == keys
+
+
+def test_warmed_entries_are_what_the_server_serves(redis_server):
+    """The keys warm writes are the server's: its first default query is a hit."""
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    assert gql("warm", env={"REDIS_URL": redis_server.url, "GQL_CACHE_PREFIX": prefix}).returncode == 0
+    with running_server(redis_server, prefix) as base:
+        answer = httpx2.post(f"{base}/graphql", json={"query": "{ yieldThisYear { code } indexChart { start } }"}, timeout=60).json()
+    assert [e["status"] for e in answer["extensions"]["cache"]] == ["HIT", "HIT"]
+
+
+def test_warm_without_redis_says_it_had_no_effect():
+    result = gql("warm", env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "GQL_REDIS_TIMEOUT": "0.5"})
+    assert result.returncode == 1
+    assert "unreachable" in result.stderr and "no effect beyond this process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_warm_says_when_a_result_could_not_be_stored(redis_server):
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"REDIS_URL": redis_server.url, "GQL_CACHE_PREFIX": prefix, "GQL_CACHE_MAX_ENTRY_BYTES": "100000"}
+    result = gql("warm", env=env)
+    assert result.returncode == 1
+    assert "INDEX_CHART: computed but NOT stored" in result.stdout and "YIELD_THIS_YEAR: computed and stored" in result.stdout
+    assert "over the cache entry limit" in result.stderr
+    assert redis_server.client().keys(f"{prefix}:entry:indexChart:*") == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GQL_CHART_TTL": "soon"}, "GQL_CHART_TTL='soon' is not valid"),
+        ({"GQL_DATA_DIR": "/nonexistent/gql-data"}, "data directory /nonexistent/gql-data does not exist"),
+        ({"GQL_CACHE_ENABLED": "false"}, "nothing to warm"),
+        ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL is not usable"),
+    ],
+)
+def test_warm_refuses_a_bad_configuration(env, message):
+    result = gql("warm", env=env)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+# --- refresh -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_server(redis_server, prefix: str) -> Iterator[str]:
+    """`python -m gql serve` on a free port, sharing the suite's Redis under its own prefix."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "GQL_CACHE_PREFIX": prefix,
+        "GQL_ADMIN_TOKEN": TOKEN,
+        "GQL_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gql", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so that teardown can end its query worker processes too
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"server did not start:\n{process.stdout.read().decode()}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        # The query worker processes ignore SIGTERM and can outlive the server; they are in its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(redis_server) -> Iterator[str]:
+    with running_server(redis_server, f"cli-{uuid.uuid4().hex[:8]}") as base:
+        yield f"{base}/graphql"
+
+
+def test_refresh_with_the_right_token(server):
+    result = gql("refresh", "--url", server, "--token", TOKEN)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["INDEX_CHART", "YIELD_THIS_YEAR"]
+    assert all(line.endswith(" ms") for line in lines)
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_refresh_one_target_with_the_token_and_url_from_the_environment(server):
+    result = gql("refresh", "--target", "YIELD_THIS_YEAR", env={"GQL_URL": server, "GQL_ADMIN_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["YIELD_THIS_YEAR"]
+
+
+def test_refresh_with_the_token_from_a_file(server, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    result = gql("refresh", "--url", server, env={"GQL_ADMIN_TOKEN_FILE": str(secret)})
+    assert result.returncode == 0, result.stderr
+    assert "INDEX_CHART: refreshed in" in result.stdout
+
+
+def test_refresh_with_a_wrong_token(server):
+    wrong = "not-the-token-9d2e"
+    result = gql("refresh", "--url", server, "--token", wrong)
+    assert result.returncode == 1
+    assert "Authorization: Bearer" in result.stderr and "(UNAUTHENTICATED)" in result.stderr
+    assert wrong not in result.stdout + result.stderr and TOKEN not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refresh_without_a_server_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}/graphql"
+    result = gql("refresh", "--url", url, "--token", TOKEN)
+    assert result.returncode == 1
+    assert f"could not reach {url}" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_refresh_without_a_token_says_where_to_put_one():
+    result = gql("refresh", "--url", "http://127.0.0.1:1/graphql")
+    assert result.returncode == 2
+    assert "GQL_ADMIN_TOKEN" in result.stderr
+
+
+# --- export-schema -----------------------------------------------------------------------------------
+
+
+def test_export_schema_is_the_committed_schema():
+    result = gql("export-schema")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "schema.graphql").read_text(encoding="utf-8")
+
+
+def test_refresh_targets_are_the_schema_targets():
+    from gql.cli import TARGETS
+    from gql.schema import CacheTarget
+
+    assert TARGETS == tuple(t.value for t in CacheTarget)
