@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(PY) -m gql serve
 
 test: $(STAMP)
+	sh tests/ensure-chromium.sh
 	$(PY) -m pytest
 
 schema: $(STAMP)

@@ -133,7 +133,7 @@
       const none = document.createElement("span");
       none.className = "cache-entry";
       none.dataset.status = "NONE";
-      none.textContent = "no cached field";
+      none.textContent = "no cache entry";
       el.append(none);
       return;
     }

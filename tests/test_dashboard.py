@@ -1,0 +1,406 @@
+"""The dashboard as a person sees it: `python -m gql serve` over real HTTP, in the system Chromium (Playwright).
+
+Playwright drives Debian's /usr/bin/chromium; it never downloads a browser of its own (`make test` and
+.ci/run install the package through tests/ensure-chromium.sh when it is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+TOKEN = "dashboard-token"
+DEFAULT_CODES = ["000300", "000905", "HSI"]
+CACHE_TEXT = re.compile(r"^(HIT|MISS|STALE|REFRESHED|BYPASS), \d+(\.\d)? s old$")
+# Cold computations run in the server's worker process; a first chart can take a few seconds on a busy machine.
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def server(redis_server) -> Iterator[str]:
+    port = free_port()
+    # A developer's GQL_* variables must not change what the page shows (conftest clears them per test only).
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"},
+        "REDIS_URL": redis_server.url,
+        "GQL_CACHE_PREFIX": f"dashboard-{uuid.uuid4().hex[:8]}",
+        "GQL_ADMIN_TOKEN": TOKEN,
+        "GQL_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gql", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx2.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start:\n{process.stdout.read().decode()}")
+        time.sleep(0.1)
+    yield base
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class Chromium:
+    """The system Chromium, launched on first use: a missing browser fails the test itself, with what to do."""
+
+    def __init__(self) -> None:
+        self._playwright = None
+        self._browser = None
+
+    def browser(self):
+        if self._browser is None:
+            if not CHROMIUM.exists():
+                pytest.fail(
+                    f"{CHROMIUM} is missing: the dashboard tests drive the system Chromium. Install it with "
+                    "`apt-get install -y chromium` (`make test` does so through tests/ensure-chromium.sh).",
+                    pytrace=False,
+                )
+            from playwright.sync_api import sync_playwright
+
+            self._playwright = sync_playwright().start()
+            self._browser = self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        return self._browser
+
+    def close(self) -> None:
+        if self._browser is not None:
+            self._browser.close()
+        if self._playwright is not None:
+            self._playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Chromium]:
+    browser = Chromium()
+    yield browser
+    browser.close()
+
+
+@dataclass
+class Visit:
+    """A visit to the dashboard and what the page did: every request it made and every console error."""
+
+    chromium: Chromium
+    base: str
+    page: object = None
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _context: object = None
+
+    def open(self):
+        self._context = self.chromium.browser().new_context(viewport={"width": 1280, "height": 800})
+        page = self.page = self._context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.goto(f"{self.base}/")
+        wait_ready(page)
+        return page
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context.close()
+
+    def assert_clean(self) -> None:
+        host = urlsplit(self.base).netloc
+        foreign = [url for url in self.requests if urlsplit(url).netloc != host or urlsplit(url).scheme != "http"]
+        assert not foreign, f"the page made requests to other hosts: {foreign}"
+        assert self.requests, "no request was recorded"
+        assert not self.errors, f"console errors: {self.errors}"
+
+
+@pytest.fixture
+def visit(chromium, server) -> Iterator[Visit]:
+    visit = Visit(chromium, server)
+    yield visit
+    visit.close()
+
+
+def wait_ready(page) -> None:
+    page.wait_for_selector('#chart[data-state="ready"]')
+    page.wait_for_selector('#ytd[data-state="ready"]')
+
+
+def generation(page, section: str) -> int:
+    return int(page.get_attribute(f"#{section}", "data-generation"))
+
+
+def wait_for_new_chart(page, previous: int) -> None:
+    """Wait until the chart has drawn data newer than `previous` (each answer bumps data-generation)."""
+    page.wait_for_function(
+        "g => { const c = document.querySelector('#chart');"
+        " return c.dataset.state === 'ready' && Number(c.dataset.generation) > g; }",
+        arg=previous,
+    )
+
+
+def polyline(page, code: str) -> dict:
+    line = page.locator(f'#chart svg polyline[data-code="{code}"]')
+    assert line.count() == 1, f"no single polyline for {code}"
+    points = line.get_attribute("points").split()
+    coords = [tuple(map(float, p.split(","))) for p in points]
+    return {
+        "points": coords,
+        "count": int(line.get_attribute("data-points")),
+        "first": line.get_attribute("data-first-date"),
+        "last": line.get_attribute("data-last-date"),
+        "stroke": line.get_attribute("stroke"),
+    }
+
+
+def cache_entries(page, selector: str) -> list[tuple[str, str]]:
+    entries = page.locator(f"{selector} .cache-entry")
+    return [(entries.nth(i).get_attribute("data-status"), entries.nth(i).inner_text().strip()) for i in range(entries.count())]
+
+
+def assert_cache_shown(page, selector: str, statuses: set[str] | None = None) -> None:
+    entries = cache_entries(page, selector)
+    assert len(entries) == 1, f"{selector}: {entries}"
+    status, text = entries[0]
+    assert CACHE_TEXT.match(text), f"{selector} shows {text!r}"
+    assert text.startswith(status)
+    if statuses is not None:
+        assert status in statuses, f"{selector} shows {text!r}, expected one of {statuses}"
+
+
+def post(base: str, query: str, variables: dict | None = None, headers: dict | None = None) -> dict:
+    response = httpx2.post(f"{base}/graphql", json={"query": query, "variables": variables or {}}, headers=headers or {}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def percent(value: float) -> Decimal:
+    # JavaScript's toFixed(2) rounds the exact binary value half away from zero: the same as this.
+    return Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+def test_dashboard_shows_chart_and_year_to_date_table(visit):
+    page, base = visit.open(), visit.base
+    indexes = post(base, "{ indexes { code name source firstDate lastDate } }")["data"]["indexes"]
+    last_date = max(i["lastDate"] for i in indexes)
+
+    # Header: where the data comes from and how recent it is.
+    assert page.inner_text("#data-source") == ", ".join(dict.fromkeys(i["source"] for i in indexes))
+    assert "synthetic sample" in page.inner_text("#data-source")
+    assert page.inner_text("#data-last-date") == last_date
+
+    # Chart: the default indexes, five years of weekly points, each its own colour, matching the API.
+    checked = page.locator("#index-options input:checked")
+    assert [checked.nth(i).get_attribute("data-code") for i in range(checked.count())] == DEFAULT_CODES
+    assert page.locator("#chart svg polyline").count() == len(DEFAULT_CODES)
+    svg = page.locator("#chart svg")
+    start = svg.get_attribute("data-start")
+    assert start == date.fromisoformat(last_date).replace(year=date.fromisoformat(last_date).year - 5).isoformat()
+    expected = post(
+        base,
+        "query($c: [String!], $s: Date) { indexChart(codes: $c, start: $s, frequency: WEEKLY) { series { code points { date } } } }",
+        {"c": DEFAULT_CODES, "s": start},
+    )["data"]["indexChart"]["series"]
+    width, height = map(float, svg.get_attribute("viewBox").split()[2:])
+    strokes = set()
+    for series in expected:
+        line = polyline(page, series["code"])
+        assert line["count"] == len(line["points"]) == len(series["points"]) > 200
+        assert (line["first"], line["last"]) == (series["points"][0]["date"], series["points"][-1]["date"])
+        assert all(0 <= x <= width and 0 <= y <= height for x, y in line["points"])
+        assert len({y for _, y in line["points"]}) > 50, "a flat line: the values did not reach the chart"
+        strokes.add(line["stroke"])
+    assert len(strokes) == len(DEFAULT_CODES)
+    assert page.locator("#chart-legend li").count() == len(DEFAULT_CODES)
+    assert page.locator("#chart svg .x-axis text").count() >= 3
+    assert page.locator("#chart svg .y-axis text").count() >= 3
+    assert_cache_shown(page, "#chart-cache")
+
+    # Year-to-date table: every index, highest yield first, the API's numbers to two decimals.
+    rows = post(base, "{ yieldThisYear { code name yieldPct baseDate lastDate } }")["data"]["yieldThisYear"]
+    assert len(rows) == 10
+    rows.sort(key=lambda r: -r["yieldPct"])
+    shown = page.locator("#ytd-table tbody tr[data-code]")
+    assert shown.count() == 10
+    for i, row in enumerate(rows):
+        tr = shown.nth(i)
+        assert tr.get_attribute("data-code") == row["code"]
+        text = tr.locator("td.ytd").inner_text().strip()
+        assert re.fullmatch(r"[+-]?\d+\.\d\d %", text), text
+        assert Decimal(text.removesuffix(" %")) == percent(row["yieldPct"]), (row, text)
+        assert tr.locator("td.base-date").inner_text() == row["baseDate"]
+        assert tr.locator("td.last-date").inner_text() == row["lastDate"]
+        colour = tr.locator("td.ytd").get_attribute("class")
+        assert ("pos" in colour) == (row["yieldPct"] > 0) and ("neg" in colour) == (row["yieldPct"] < 0)
+    assert_cache_shown(page, "#ytd-cache")
+
+    screenshot(page, "dashboard.png")
+    visit.assert_clean()
+
+
+def test_range_frequency_view_and_index_controls(visit):
+    page = visit.open()
+    last_date = page.inner_text("#data-last-date")
+
+    before = generation(page, "chart")
+    page.click('#range-buttons button[data-range="ALL"]')
+    wait_for_new_chart(page, before)
+    everything = polyline(page, "000300")
+    assert page.get_attribute("#chart svg", "data-frequency") == "WEEKLY"
+    assert everything["first"] < "2006-01-01"
+    assert_cache_shown(page, "#chart-cache")
+
+    before = generation(page, "chart")
+    page.click('#range-buttons button[data-range="1Y"]')
+    wait_for_new_chart(page, before)
+    one_year = polyline(page, "000300")
+    year_ago = date.fromisoformat(last_date).replace(year=date.fromisoformat(last_date).year - 1).isoformat()
+    assert page.get_attribute("#chart svg", "data-start") == year_ago
+    assert one_year["first"] >= year_ago and one_year["first"] != everything["first"]
+    assert one_year["last"] == last_date
+    assert one_year["count"] != everything["count"] and 200 < one_year["count"] < 270, "1Y of trading days"
+    assert page.get_attribute('#range-buttons button[data-range="1Y"]', "aria-pressed") == "true"
+    assert page.input_value("#frequency") == "DAILY"
+    assert_cache_shown(page, "#chart-cache")
+
+    # The frequency stays the user's choice.
+    before = generation(page, "chart")
+    page.select_option("#frequency", "MONTHLY")
+    wait_for_new_chart(page, before)
+    assert page.get_attribute("#chart svg", "data-frequency") == "MONTHLY"
+    assert 12 <= polyline(page, "000300")["count"] <= 13
+
+    # Drawdown: the same answer drawn as percent below the running peak, no new request needed.
+    before = generation(page, "chart")
+    page.click('#view-buttons button[data-view="drawdown"]')
+    page.wait_for_selector('#chart svg[data-view="drawdown"]')
+    assert generation(page, "chart") == before
+    labels = page.locator("#chart svg .y-axis text").all_text_contents()
+    assert labels and all(label.endswith(" %") and float(label.removesuffix(" %")) <= 0 for label in labels), labels
+    assert "Drawdown" in page.inner_text("#chart-subtitle")
+    page.click('#view-buttons button[data-view="performance"]')
+    page.wait_for_selector('#chart svg[data-view="performance"]')
+
+    # Index checkboxes add and remove series.
+    before = generation(page, "chart")
+    page.uncheck('#index-options input[data-code="HSI"]')
+    wait_for_new_chart(page, before)
+    assert page.locator('#chart svg polyline[data-code="HSI"]').count() == 0
+    before = generation(page, "chart")
+    page.check('#index-options input[data-code="000922"]')
+    wait_for_new_chart(page, before)
+    codes = [page.locator("#chart svg polyline").nth(i).get_attribute("data-code") for i in range(3)]
+    assert codes == ["000300", "000905", "000922"]
+    assert page.locator("#chart-legend li").count() == 3
+
+    # Asking the same question again is answered from the cache, and the page says so.
+    before = generation(page, "chart")
+    page.click('#range-buttons button[data-range="ALL"]')
+    wait_for_new_chart(page, before)
+    before = generation(page, "chart")
+    page.click('#range-buttons button[data-range="1Y"]')
+    wait_for_new_chart(page, before)
+    assert_cache_shown(page, "#chart-cache", {"HIT"})
+
+    screenshot(page, "dashboard-controls.png")
+    visit.assert_clean()
+
+
+def test_refresh_cache_needs_the_admin_token(visit):
+    page, base = visit.open(), visit.base
+    refused = post(base, "mutation { refreshCache { refreshed { target } } }")["errors"][0]["message"]
+
+    page.click("#refresh-button")
+    page.wait_for_selector("#refresh-token", state="visible")
+    for token in ("", "not-the-token"):
+        page.fill("#refresh-token", token)
+        page.click("#refresh-submit")
+        page.wait_for_selector('#refresh-status[data-state="error"]')
+        status = page.inner_text("#refresh-status")
+        assert "Refresh failed" in status and refused in status, status
+        page.evaluate("document.querySelector('#refresh-status').dataset.state = ''")
+
+    chart_before, ytd_before = generation(page, "chart"), generation(page, "ytd")
+    page.fill("#refresh-token", TOKEN)
+    page.click("#refresh-submit")
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#refresh-status');"
+        " return s.dataset.state === 'ok' && s.textContent.includes('reloaded'); }"
+    )
+    status = page.inner_text("#refresh-status")
+    assert page.get_attribute("#refresh-status", "data-targets") == "INDEX_CHART,YIELD_THIS_YEAR"
+    assert re.search(r"INDEX_CHART in [\d.]+ ms, YIELD_THIS_YEAR in [\d.]+ ms", status), status
+    assert page.locator("#refresh-form").is_hidden() and page.input_value("#refresh-token") == ""
+    # The data was loaded again: the default yield was recomputed by the refresh, the page's chart on demand.
+    assert generation(page, "chart") > chart_before and generation(page, "ytd") > ytd_before
+    assert_cache_shown(page, "#ytd-cache", {"HIT"})
+    assert_cache_shown(page, "#chart-cache", {"REFRESHED"})
+    assert page.locator("#ytd-table tbody tr[data-code]").count() == 10
+
+    screenshot(page, "dashboard-refreshed.png")
+    visit.assert_clean()
+
+
+def test_api_errors_are_shown_to_the_user(visit):
+    page = visit.open()
+
+    def ask_for_an_unknown_code(route):
+        body = route.request.post_data_json
+        if "indexChart" in body["query"]:
+            body["variables"]["codes"] = ["NOPE1"]
+        route.continue_(post_data=json.dumps(body))
+
+    # The real server answers the bad question; the page must show its message, not swallow it.
+    page.route("**/graphql", ask_for_an_unknown_code)
+    page.click('#range-buttons button[data-range="3Y"]')
+    page.wait_for_selector('#chart[data-state="error"]')
+    error = page.locator("#chart-error")
+    assert error.is_visible()
+    assert "unknown index code 'NOPE1'" in error.inner_text() and "BAD_USER_INPUT" in error.inner_text()
+    assert page.locator("#chart svg polyline").count() == 0
+    screenshot(page, "dashboard-error.png")
+
+    page.unroute("**/graphql")
+    before = generation(page, "chart")
+    page.click('#range-buttons button[data-range="5Y"]')
+    wait_for_new_chart(page, before)
+    assert error.is_hidden()
+    assert page.locator("#chart svg polyline").count() == len(DEFAULT_CODES)
+    visit.assert_clean()
