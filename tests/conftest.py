@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx2
 import pytest
 import redis
 
@@ -124,3 +127,49 @@ def _no_environment_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def running_server(redis_url: str, *args: str, log: Path | None = None, **env: str) -> Iterator[str]:
+    """`python -m gql serve` on a free port, as a user runs it; yields its base URL.
+
+    The environment is this one without GQL_* variables (a developer's must not change what tests
+    see), plus REDIS_URL, a private cache prefix, and `env`. Its own process group, so that teardown
+    ends its query worker processes too. Output goes to `log` when given.
+    """
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
+    environ |= {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"srv-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning", **env}
+    output = log.open("wb") if log else subprocess.PIPE
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gql", "serve", "--port", str(port), *args],
+        cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                said = log.read_text(errors="replace") if log else process.stdout.read().decode(errors="replace")
+                raise RuntimeError(f"server did not start:\n{said}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything of its group still there
+        if log:
+            output.close()

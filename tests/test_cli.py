@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "cli-test-token-4f1c"
@@ -52,7 +49,7 @@ def test_warmed_entries_are_what_the_server_serves(redis_server):
     """The keys warm writes are the server's: its first default query is a hit."""
     prefix = f"cli-{uuid.uuid4().hex[:8]}"
     assert gql("warm", env={"REDIS_URL": redis_server.url, "GQL_CACHE_PREFIX": prefix}).returncode == 0
-    with running_server(redis_server, prefix) as base:
+    with running_server(redis_server.url, GQL_CACHE_PREFIX=prefix, GQL_ADMIN_TOKEN=TOKEN) as base:
         answer = httpx2.post(f"{base}/graphql", json={"query": "{ yieldThisYear { code } indexChart { start } }"}, timeout=60).json()
     assert [e["status"] for e in answer["extensions"]["cache"]] == ["HIT", "HIT"]
 
@@ -92,51 +89,9 @@ def test_warm_refuses_a_bad_configuration(env, message):
 # --- refresh -----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def running_server(redis_server, prefix: str) -> Iterator[str]:
-    """`python -m gql serve` on a free port, sharing the suite's Redis under its own prefix."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "GQL_CACHE_PREFIX": prefix,
-        "GQL_ADMIN_TOKEN": TOKEN,
-        "GQL_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gql", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so that teardown can end its query worker processes too
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"server did not start:\n{process.stdout.read().decode()}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        # The query worker processes ignore SIGTERM and can outlive the server; they are in its group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def server(redis_server) -> Iterator[str]:
-    with running_server(redis_server, f"cli-{uuid.uuid4().hex[:8]}") as base:
+    with running_server(redis_server.url, GQL_ADMIN_TOKEN=TOKEN) as base:
         yield f"{base}/graphql"
 
 

@@ -7,12 +7,7 @@ Playwright drives Debian's /usr/bin/chromium; it never downloads a browser of it
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx2
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -41,37 +36,8 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def server(redis_server) -> Iterator[str]:
-    port = free_port()
-    # A developer's GQL_* variables must not change what the page shows (conftest clears them per test only).
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"},
-        "REDIS_URL": redis_server.url,
-        "GQL_CACHE_PREFIX": f"dashboard-{uuid.uuid4().hex[:8]}",
-        "GQL_ADMIN_TOKEN": TOKEN,
-        "GQL_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gql", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start:\n{process.stdout.read().decode()}")
-        time.sleep(0.1)
-    yield base
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with running_server(redis_server.url, GQL_ADMIN_TOKEN=TOKEN) as base:
+        yield base
 
 
 class Chromium:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "e2e-token"
@@ -21,36 +21,8 @@ TOKEN = "e2e-token"
 
 @pytest.fixture
 def server(redis_server) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "GQL_CACHE_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-        "GQL_ADMIN_TOKEN": TOKEN,
-        "GQL_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gql", "serve", "--port", str(port), "--workers", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start:\n{process.stdout.read().decode()}")
-        time.sleep(0.1)
-    yield base
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with running_server(redis_server.url, "--workers", "2", GQL_ADMIN_TOKEN=TOKEN) as base:
+        yield base
 
 
 def post(base: str, query: str, headers: dict | None = None) -> dict:

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +26,7 @@ from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from schemathesis.graphql import nodes
 
-from tests.conftest import free_port
+from tests.conftest import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "fuzz-admin-token"
@@ -88,38 +84,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(redis_server, tmp_path_factory) -> Iterator[Server]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
-    env |= {
-        "REDIS_URL": redis_server.url,
-        "GQL_CACHE_PREFIX": f"fuzz-{uuid.uuid4().hex[:8]}",
-        "GQL_ADMIN_TOKEN": TOKEN,
-        "GQL_LOG_LEVEL": "warning",
-    }
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gql", "serve", "--port", str(port), "--workers", "1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"{server.base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield server
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with running_server(redis_server.url, log=log, GQL_ADMIN_TOKEN=TOKEN) as base:
+        yield Server(base, log)
 
 
 def _load_schema():
