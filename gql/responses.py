@@ -40,7 +40,7 @@ from gql.cache import CacheState, ResultCache
 from gql.logs import note, request_id
 from gql import stored as stored_entries
 from gql.stored import DEFLATE, META, RAW, SOURCE_VERSION, StoredResponse, body_tail, gzip_body
-from gql.workers import Job, QueryWorkers, StoreOrder
+from gql.workers import Job, QueryWorkers
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,11 @@ class ResponseCacheApp:
         store_as: tuple[str, dict[str, int]] | None,
     ) -> None:
         """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
-        outcome = None
+        outcome, in_worker = None, False
         # Only while Redis is in use: then a refresh reaches the workers (through Redis generations).
         if cacheable and self.workers is not None and self.cache.state is CacheState.OK:
-            outcome = await self._in_worker(request, store_as)
-            store_as = None  # a worker stores what it answers
+            outcome = await self._in_worker(request)
+            in_worker = outcome is not None
         if outcome is None:
             outcome = await self._in_server(scope, receive, cacheable)
         status, headers, body, stored = outcome
@@ -279,7 +279,12 @@ class ResponseCacheApp:
         else:
             await _send(send, status, body, headers)
         if store_as is not None and self._may_store(stored):
-            task = asyncio.ensure_future(self._store(*store_as, stored))
+            key, generations = store_as
+            # After the answer is sent: compressing megabytes is the worker's job, or a thread's here.
+            storing = (
+                self.workers.store(self._keys(key), generations, stored) if in_worker else self._store(key, generations, stored)
+            )
+            task = asyncio.ensure_future(storing)
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
@@ -300,23 +305,15 @@ class ResponseCacheApp:
         raw = b'{"data":' + orjson.dumps(results[0][1]["data"])
         return status, headers, body, StoredResponse.from_report(raw, report)
 
-    async def _in_worker(self, request: _Request, store_as: tuple[str, dict[str, int]] | None) -> _Outcome | None:
+    async def _in_worker(self, request: _Request) -> _Outcome | None:
         variables = request.data.get("variables")
         if not isinstance(variables, (dict, type(None))):
             return None  # the GraphQL app answers that with its own error
-        store = None
-        if store_as is not None:
-            key, generations = store_as
-            store = StoreOrder(self._keys(key), generations, self.max_entry_bytes)
-        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get(), store)
+        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get())
         answer = await self.workers.execute(job)
         if answer is None:
             return None
         note(cache=answer.report)
-        if answer.stored is not None:
-            metrics.RESPONSE_MISSES.inc()
-        elif answer.oversize:
-            metrics.oversize("response")
         return 200, {"content-type": "application/json"}, answer.prefix + answer.tail, answer.stored
 
     async def _store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:

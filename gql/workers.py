@@ -32,21 +32,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class StoreOrder:
-    """Where and under which generations to store the answer, if it may be stored."""
-
-    keys: dict[str, str]
-    generations: dict[str, int]
-    max_bytes: int
-
-
-@dataclass(frozen=True)
 class Job:
     query: str
     variables: dict[str, Any] | None
     operation_name: str | None
     request_id: str
-    store: StoreOrder | None = None
 
 
 @dataclass(frozen=True)
@@ -56,8 +46,7 @@ class Answer:
     prefix: bytes
     tail: bytes
     report: list[dict[str, Any]]  # extensions.cache of the answer
-    stored: StoredResponse | None  # what may be cached of it (without the bodies' compressed copy)
-    oversize: bool
+    stored: StoredResponse | None  # what may be cached of it (without the compressed copy)
     metric_events: list[tuple]
 
 
@@ -90,6 +79,14 @@ class QueryWorkers:
             return None
         metrics.apply(answer.metric_events)
         return answer
+
+    async def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+        """Compress and store an answer already sent, in a worker (the server's loop only hands it over)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _store_job, keys, generations, stored)
+        except Exception:
+            log.exception("storing an answer in a query worker failed; the next request computes it again")
+            return False
 
     async def warm(self) -> None:
         """Start the processes now (they load the data) rather than on the first cold query."""
@@ -133,6 +130,11 @@ def _die_with_parent() -> None:
 
 def _ping() -> bool:
     return _worker is not None
+
+
+def _store_job(keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+    assert _worker is not None, "worker not started"
+    return _worker.store(keys, generations, stored)
 
 
 def _run_job(job: Job) -> Answer:
@@ -187,15 +189,14 @@ class _Worker:
         tail += b"}"
         report = list(extensions.get("cache") or [])
         if result.errors or not report:
-            return Answer(prefix, tail, report, None, False, events)
-        stored = StoredResponse.from_report(prefix, report)
-        oversize = job.store is not None and len(prefix) > job.store.max_bytes
-        if job.store is not None and not oversize:
-            # Compressing and writing here keeps megabytes of work off the server's event loop.
-            compressed = stored.compressed()
-            await stored_entries.write(self.backend.cache, job.store.keys, job.store.generations, compressed)
-        # The server sends the body and answers later hits from Redis; it needs no compressed copy now.
-        return Answer(prefix, tail, report, stored, oversize, events)
+            return Answer(prefix, tail, report, None, events)
+        return Answer(prefix, tail, report, StoredResponse.from_report(prefix, report), events)
+
+    def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+        return self.loop.run_until_complete(self._store(keys, generations, stored))
+
+    async def _store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+        return await stored_entries.write(self.backend.cache, keys, generations, stored.compressed()) is not None
 
 
 def _dumps(value: Any) -> bytes:
