@@ -131,7 +131,7 @@ def loaded_section(result: dict, cold_clients: int, seconds: float) -> list[str]
         "## Hit latency during cold computations (variant 5)",
         "",
         f"Sequential `yieldThisYear` hits for {seconds:g} s at rest, then for {seconds:g} s while {cold_clients} client "
-        "threads loop over `indexChart(end: <distinct date>, frequency: DAILY)` queries that miss the cache.",
+        "processes (each its own interpreter, so none shares the sampler's GIL) loop over `indexChart(end: <distinct date>, frequency: DAILY)` queries that miss the cache.",
         "",
         "| condition | requests | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|",
