@@ -109,6 +109,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in tasks:
                 task.cancel()
             await graphql.drain()
+            # Recomputations and stores under way get a moment to finish; close() cancels the rest.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(cache.drain(), timeout=2.0)
             if workers is not None:
                 workers.close()
             await cache.close()
@@ -301,8 +304,8 @@ async def _scheduled_refresh(backend: Backend, settings: Settings) -> None:
         # Every worker process of the fleet wakes up; the first to claim the slot refreshes.
         if not await backend.cache.claim(backend.cache.key("scheduled-refresh", slot.isoformat()), 3600):
             return
-        durations = await refresh(backend, list(CacheTarget))
-        log.warning("scheduled refresh for %s done: durations_ms=%s", slot.isoformat(), ",".join(f"{d:.1f}" for d in durations))
+        done = await refresh(backend, list(CacheTarget))
+        log.warning("scheduled refresh for %s done: durations_ms=%s", slot.isoformat(), ",".join(f"{d:.1f}" for d, _ in done))
 
     await run_daily(parse_time_of_day(settings.refresh_at), ZoneInfo(settings.timezone), job)
 

@@ -165,11 +165,13 @@ async def _warm_async(settings: Settings) -> int:
         backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
         targets = list(CacheTarget)
         namespaces = {CacheTarget.INDEX_CHART: CHART_NAMESPACE, CacheTarget.YIELD_THIS_YEAR: YIELD_NAMESPACE}
-        durations = await refresh(backend, targets, invalidate=False)
+        durations = [ms for ms, _ in await refresh(backend, targets, invalidate=False)]
+        await cache.drain()  # values are stored after they are returned
         computed = dict(cache.computations)
         # A value can be computed and yet not stored (over GQL_CACHE_MAX_ENTRY_BYTES, a failed write):
         # a second pass finds everything in Redis, or computes again what is not there.
         await refresh(backend, targets, invalidate=False)
+        await cache.drain()
         if cache.state is not CacheState.OK:  # Redis went away during the run
             print(_no_effect(redis_at), file=sys.stderr)
             return 1

@@ -26,7 +26,11 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Connect and read bound for each Redis call, in seconds: a slow Redis must not stall requests.
     redis_timeout: float = 0.1
-    # After a Redis failure, how long to serve from the in-process cache before trying Redis again.
+    # Bound for writing cached values: done after the answer is computed, never awaited by a request.
+    redis_write_timeout: float = 1.0
+    # Circuit breaker: after this many consecutive failed Redis calls, serve from the in-process cache...
+    redis_breaker_failures: int = 3
+    # ...for this many seconds, then probe Redis again.
     redis_retry_seconds: float = 5.0
     data_dir: Path | None = None
     cache_enabled: bool = True
@@ -40,6 +44,23 @@ class Settings:
     ttl_until_publication: bool = False
     # Refresh everything at this time (HH:MM, in GQL_TIMEZONE) each trading day; empty: never.
     refresh_at: str = ""
+    # After its TTL a result is still answered at once (STALE) for this long while it is recomputed in
+    # the background; unset: as long as its TTL.
+    cache_stale_seconds: float | None = None
+    # How old a result may be to stand in (STALE, with the error) for a computation that fails.
+    cache_fail_safe_seconds: float = 86400.0
+    # After a failure that an older result stood in for, wait this long before computing it again.
+    cache_fail_safe_retry_seconds: float = 30.0
+    # Lease on a computation (one computation per key, fleet-wide); extended while it runs.
+    cache_lease_seconds: float = 5.0
+    # TTLs are shortened by a random fraction up to this, so that results written together expire apart.
+    cache_ttl_jitter: float = 0.1
+    # Recompute hot results shortly before they expire (XFetch's beta; 0: never early).
+    cache_early_refresh: float = 1.0
+    # Fault injection for drills and tests: every computation first sleeps this long (in its thread)...
+    fault_compute_delay: float = 0.0
+    # ...and raises while this file exists.
+    fault_compute_fail_file: Path | None = None
     local_cache_entries: int = 256
     compute_threads: int = 2
     # Worker processes for cacheable queries that miss the response cache (0: run them in the server).
@@ -95,14 +116,27 @@ class Settings:
         return _split(self.trusted_hosts) or ["*"]
 
     def validate(self) -> None:
-        finite = all(math.isfinite(v) for v in (self.redis_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl, self.apq_ttl))
+        seconds = (
+            self.redis_timeout, self.redis_write_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl, self.apq_ttl,
+            self.cache_fail_safe_seconds, self.cache_fail_safe_retry_seconds, self.cache_lease_seconds, self.cache_ttl_jitter,
+            self.cache_early_refresh, self.fault_compute_delay, 0.0 if self.cache_stale_seconds is None else self.cache_stale_seconds,
+        )
         checks = [
-            (finite, "GQL_REDIS_TIMEOUT, GQL_REDIS_RETRY_SECONDS, GQL_CHART_TTL and GQL_YIELD_TTL must be finite numbers"),
+            (all(math.isfinite(v) for v in seconds), "every GQL_* time, jitter or factor setting must be a finite number"),
             (self.log_level.lower() in _LOG_LEVELS, f"GQL_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}"),
             (self.port > 0 and self.port < 65536, "GQL_PORT must be between 1 and 65535"),
             (self.workers >= 1, "GQL_WORKERS must be at least 1"),
             (self.redis_timeout > 0, "GQL_REDIS_TIMEOUT must be a positive number of seconds"),
+            (self.redis_write_timeout > 0, "GQL_REDIS_WRITE_TIMEOUT must be a positive number of seconds"),
+            (self.redis_breaker_failures >= 1, "GQL_REDIS_BREAKER_FAILURES must be at least 1"),
             (self.redis_retry_seconds >= 0, "GQL_REDIS_RETRY_SECONDS must be >= 0"),
+            (self.cache_stale_seconds is None or self.cache_stale_seconds >= 0, "GQL_CACHE_STALE_SECONDS must be >= 0 (0: no stale answers)"),
+            (self.cache_fail_safe_seconds >= 0, "GQL_CACHE_FAIL_SAFE_SECONDS must be >= 0 (0: no fail-safe)"),
+            (self.cache_fail_safe_retry_seconds >= 0, "GQL_CACHE_FAIL_SAFE_RETRY_SECONDS must be >= 0"),
+            (self.cache_lease_seconds >= 0.1, "GQL_CACHE_LEASE_SECONDS must be at least 0.1"),
+            (0 <= self.cache_ttl_jitter < 1, "GQL_CACHE_TTL_JITTER must be a fraction from 0 up to (not including) 1"),
+            (self.cache_early_refresh >= 0, "GQL_CACHE_EARLY_REFRESH must be >= 0 (0: never recompute before expiry)"),
+            (self.fault_compute_delay >= 0, "GQL_FAULT_COMPUTE_DELAY must be >= 0"),
             (self.chart_ttl > 0, "GQL_CHART_TTL must be a positive number of seconds"),
             (self.yield_ttl > 0, "GQL_YIELD_TTL must be a positive number of seconds"),
             (self.local_cache_entries >= 0, "GQL_LOCAL_CACHE_ENTRIES must be >= 0 (0: no in-process fallback cache)"),
@@ -159,8 +193,11 @@ def _parse(name: str, raw: str, kind: str) -> object:
     try:
         if kind == "int":
             return int(raw)
-        if kind == "float":
-            return float(raw)
+        if kind in ("float", "float | None"):
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if kind == "bool":
             if raw.lower() in _TRUE:
                 return True
@@ -170,6 +207,6 @@ def _parse(name: str, raw: str, kind: str) -> object:
         if kind == "Path | None":
             return Path(raw).expanduser()
     except ValueError:
-        allowed = {"int": "a whole number", "float": "a number", "bool": "true/false, yes/no, on/off or 1/0"}[kind]
+        allowed = {"int": "a whole number", "float": "a finite number", "float | None": "a finite number", "bool": "true/false, yes/no, on/off or 1/0"}[kind]
         raise ConfigError(f"{name}={raw!r} is not valid: expected {allowed}") from None
     return raw

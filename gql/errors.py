@@ -17,6 +17,8 @@ QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 INTERNAL = "INTERNAL_SERVER_ERROR"
+# A computation failed and no earlier result could stand in (docs/caching.md, "Fail-safe").
+COMPUTATION_FAILED = "COMPUTATION_FAILED"
 
 
 class ApiError(GraphQLError):

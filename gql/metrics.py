@@ -7,7 +7,10 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_LOOKUPS = Counter(
-    "gql_cache_lookups_total", "Cached-field lookups by outcome (hit, miss, refreshed, bypass)", ["field", "outcome"]
+    "gql_cache_lookups_total",
+    "Cached-field lookups by outcome: hit (fresh), miss (computed or waited for), stale (answered past its fresh "
+    "period, or standing in for a failed computation), error (computation failed, nothing to stand in), bypass (caching off)",
+    ["field", "outcome"],
 )
 COMPUTATIONS = Counter("gql_computations_total", "Computations actually run (shared ones count once)", ["field"])
 COMPUTATION_SECONDS = Histogram(
@@ -22,7 +25,15 @@ RESPONSES = Counter(
 )
 RESPONSE_HITS = RESPONSES.labels("hit")
 RESPONSE_MISSES = RESPONSES.labels("miss")
+COMPUTATION_FAILURES = Counter("gql_computation_failures_total", "Computations that raised", ["field"])
+LEASES = Counter(
+    "gql_cache_leases_total",
+    "Misses that took a computation's Redis lease (acquired) or waited for another process's computation (waited)",
+    ["field", "outcome"],
+)
 REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
+BREAKER_STATE = Gauge("gql_cache_breaker_state", "Circuit breaker on Redis: 0 closed (in use), 1 open (skipped), 2 half-open (probing)")
+BREAKER_OPENED = Counter("gql_cache_breaker_opened_total", "Times the circuit breaker on Redis opened")
 
 
 # In a query worker process (gql/workers.py) metrics are recorded as events and sent back with the
@@ -30,15 +41,18 @@ REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degrade
 _events: list[tuple] | None = None
 
 
-def capture() -> list[tuple]:
+def capture() -> None:
+    """From now on record events instead of counting them (in a query worker process)."""
     global _events
     _events = []
-    return _events
 
 
-def release() -> None:
+def take() -> list[tuple]:
+    """The events recorded since the last call: sent back with each answer, including those of
+    background work that ended after the previous answer left."""
     global _events
-    _events = None
+    taken, _events = _events or [], ([] if _events is not None else None)
+    return taken
 
 
 def lookup(field: str, outcome: str) -> None:
@@ -51,6 +65,23 @@ def computation(field: str, seconds: float) -> None:
 
 def oversize(field: str) -> None:
     _record(("oversize", field))
+
+
+def computation_failed(field: str) -> None:
+    _record(("failed", field))
+
+
+def lease(field: str, outcome: str) -> None:
+    _record(("lease", field, outcome))
+
+
+def breaker(state: int, *, opened: bool = True) -> None:
+    """The breaker of this process (a query worker's own breaker is not reported; see docs/operations.md)."""
+    if _events is None:
+        BREAKER_STATE.set(int(state))
+        REDIS_UP.set(1 if int(state) == 0 else 0)
+        if int(state) == 1 and opened:
+            BREAKER_OPENED.inc()
 
 
 def _record(event: tuple) -> None:
@@ -76,3 +107,7 @@ def apply(events: list[tuple]) -> None:
             COMPUTATION_SECONDS.labels(field).observe(rest[0])
         elif kind == "oversize":
             OVERSIZE_ENTRIES.labels(field).inc()
+        elif kind == "failed":
+            COMPUTATION_FAILURES.labels(field).inc()
+        elif kind == "lease":
+            LEASES.labels(field, rest[0]).inc()

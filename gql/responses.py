@@ -474,7 +474,7 @@ def _cache_report(results: list[tuple[bool, dict[str, Any]]]) -> list[dict[str, 
     extensions = response.get("extensions") or {}
     if has_errors or "data" not in response or set(extensions) != {"cache"}:
         return None
-    return extensions["cache"] or None
+    return extensions["cache"] if stored_entries.storable(extensions["cache"]) else None
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -13,6 +13,7 @@ import time
 from zoneinfo import ZoneInfo
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -25,11 +26,12 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
 from gql import analytics
-from gql.cache import CacheResult, ResultCache
+from gql.cache import CacheResult, CacheStatus, ComputationError, ResultCache
 from gql.columns import ColumnarExecutionContext, ColumnarList
 from gql.config import Settings
 from gql.data import DataError, PriceSource, PriceStore
-from gql.errors import FORBIDDEN, AuthError, ErrorPolicy, UserInputError, is_unexpected
+from gql.errors import COMPUTATION_FAILED, FORBIDDEN, ApiError, AuthError, ErrorPolicy, UserInputError, is_unexpected
+from gql.logs import request_id
 from gql.limits import limit_extensions
 from gql.schedule import parse_time_of_day, seconds_until_publication
 
@@ -68,6 +70,13 @@ class Backend:
         """Run CPU-bound work in the pool, never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, partial(fn, *args))
 
+    async def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a computation of a cached result in the pool (with the configured fault injection)."""
+        settings = self.settings
+        if settings.fault_compute_delay or settings.fault_compute_fail_file:
+            return await self.run(_with_faults, settings.fault_compute_delay, settings.fault_compute_fail_file, fn, *args)
+        return await self.run(fn, *args)
+
     async def store(self, force_check: bool = False) -> PriceStore:
         """The current data, reloaded first if its files changed (checked at most once a second)."""
         now = time.monotonic()
@@ -87,6 +96,18 @@ class Backend:
             log.error("data not reloaded, still serving version %s: %s", self.prices.store.version, exc)
 
 
+class InjectedFault(RuntimeError):
+    """Raised by computations while GQL_FAULT_COMPUTE_FAIL_FILE exists (drills and tests)."""
+
+
+def _with_faults(delay: float, fail_file: Path | None, fn: Callable[..., Any], *args: Any) -> Any:
+    if delay:
+        time.sleep(delay)  # in a pool thread, like the computation it stands for
+    if fail_file is not None and fail_file.exists():
+        raise InjectedFault(f"injected failure: {fail_file} exists")
+    return fn(*args)
+
+
 @dataclass
 class Context:
     request: Request | None  # None in a query worker process (gql/workers.py), which serves only queries
@@ -103,15 +124,16 @@ def _report(info: Info, result: CacheResult) -> None:
     report = _cache_report.get()
     if report is None:
         return
-    report.append(
-        {
-            "path": path,
-            "field": info.field_name,
-            "status": result.status.value,
-            "ageSeconds": round(result.age_seconds, 3),
-            "ttlSeconds": round(result.ttl_seconds, 3),
-        }
-    )
+    entry = {
+        "path": path,
+        "field": info.field_name,
+        "status": result.status.value,
+        "ageSeconds": round(result.age_seconds, 3),
+        "ttlSeconds": round(result.ttl_seconds, 3),
+    }
+    if result.error is not None:
+        entry["error"] = f"recomputing failed ({result.error}); this is the last good value, kept by the fail-safe"
+    report.append(entry)
 
 
 class CacheReportExtension(SchemaExtension):
@@ -216,6 +238,9 @@ class IndexYield:
 class RefreshedField:
     target: CacheTarget
     duration_ms: float
+    coalesced: bool = strawberry.field(
+        description="True when this call joined a refresh of the same data already under way (one recomputation for both)."
+    )
 
 
 @strawberry.type
@@ -296,27 +321,38 @@ def resolve_as_of(store: PriceStore, codes: Sequence[str], as_of: dt.date | None
 # --- resolvers ----------------------------------------------------------------------------------
 
 
-async def _chart(backend: Backend, codes: tuple[str, ...], start: dt.date, end: dt.date, frequency: Frequency, store: PriceStore) -> CacheResult:
+async def _chart(
+    backend: Backend, codes: tuple[str, ...], start: dt.date, end: dt.date, frequency: Frequency, store: PriceStore,
+    refresh: bool = False,
+) -> CacheResult:
     parts = {
         "codes": codes, "start": start.isoformat(), "end": end.isoformat(), "frequency": frequency.value,
         "data": store.version, "code": analytics.CODE_VERSION,
     }
-    compute = partial(backend.run, analytics.index_chart, store, codes, start, end, analytics.Frequency[frequency.value])
-    return await _cached(backend, CHART_NAMESPACE, parts, backend.ttl(backend.settings.chart_ttl), compute)
+    compute = partial(backend.compute, analytics.index_chart, store, codes, start, end, analytics.Frequency[frequency.value])
+    return await _cached(backend, CHART_NAMESPACE, parts, backend.ttl(backend.settings.chart_ttl), compute, refresh)
 
 
-async def _yields(backend: Backend, codes: tuple[str, ...], as_of: dt.date, store: PriceStore) -> CacheResult:
+async def _yields(backend: Backend, codes: tuple[str, ...], as_of: dt.date, store: PriceStore, refresh: bool = False) -> CacheResult:
     parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": analytics.CODE_VERSION}
-    compute = partial(backend.run, analytics.yields_this_year, store, codes, as_of)
-    return await _cached(backend, YIELD_NAMESPACE, parts, backend.ttl(backend.settings.yield_ttl), compute)
+    compute = partial(backend.compute, analytics.yields_this_year, store, codes, as_of)
+    return await _cached(backend, YIELD_NAMESPACE, parts, backend.ttl(backend.settings.yield_ttl), compute, refresh)
 
 
-async def _cached(backend: Backend, namespace: str, parts: dict[str, Any], ttl: float, compute: Callable) -> CacheResult:
+async def _cached(
+    backend: Backend, namespace: str, parts: dict[str, Any], ttl: float, compute: Callable, refresh: bool
+) -> CacheResult:
+    lookup = backend.cache.refresh if refresh else backend.cache.get_or_compute
     try:
-        return await backend.cache.get_or_compute(namespace, parts, ttl, compute)
+        return await lookup(namespace, parts, ttl, compute, refused=(analytics.NoDataError,))
     except analytics.NoDataError as exc:
         # Argument checks catch almost every case first; this is a gap inside one index's data.
         raise UserInputError(f"{exc}; choose other dates") from None
+    except ComputationError as exc:
+        raise ApiError(
+            f"{exc}; the server log has the details under request id {request_id.get()}; try again later",
+            code=COMPUTATION_FAILED,
+        ) from None
 
 
 def _chart_type(value: dict[str, Any]) -> IndexChart:
@@ -423,36 +459,41 @@ class Mutation:
     async def refresh_cache(self, info: Info, targets: list[CacheTarget] | None = None) -> RefreshResult:
         _check_admin(info)
         chosen = list(dict.fromkeys(targets)) if targets else list(CacheTarget)
-        durations = await refresh(info.context.backend, chosen)
+        done = await refresh(info.context.backend, chosen)
         log.warning(
-            "cache refreshed: targets=%s client=%s durations_ms=%s",
-            ",".join(t.value for t in chosen), _client(info), ",".join(f"{d:.1f}" for d in durations),
+            "cache refreshed: targets=%s client=%s durations_ms=%s coalesced=%s",
+            ",".join(t.value for t in chosen), _client(info), ",".join(f"{d:.1f}" for d, _ in done),
+            ",".join(str(c).lower() for _, c in done),
         )
         return RefreshResult(
-            refreshed=[RefreshedField(target=t, duration_ms=d) for t, d in zip(chosen, durations)]
+            refreshed=[RefreshedField(target=t, duration_ms=d, coalesced=c) for t, (d, c) in zip(chosen, done)]
         )
 
 
-async def refresh(backend: Backend, targets: Sequence[CacheTarget], invalidate: bool = True) -> list[float]:
-    """Reload changed data, invalidate every variant of the targets, recompute their defaults; ms per target.
+async def refresh(backend: Backend, targets: Sequence[CacheTarget], invalidate: bool = True) -> list[tuple[float, bool]]:
+    """Reload changed data, invalidate every variant of the targets, recompute their defaults.
 
+    Per target: (milliseconds, whether it joined a refresh of the same data already under way).
     With `invalidate=False` it only computes the default variants that are not cached yet (warming).
     """
     store = await backend.store(force_check=True)
-    durations = []
+    done = []
     for target in targets:
         began = time.perf_counter()
         if target is CacheTarget.INDEX_CHART:
-            if invalidate:
-                await backend.cache.invalidate(CHART_NAMESPACE)
             lo, hi = resolve_range(store, store.codes, None, None)
-            await _chart(backend, store.codes, lo, hi, Frequency.DAILY, store)
+            result = await _chart(backend, store.codes, lo, hi, Frequency.DAILY, store, refresh=invalidate)
         else:
-            if invalidate:
-                await backend.cache.invalidate(YIELD_NAMESPACE)
-            await _yields(backend, store.codes, resolve_as_of(store, store.codes, None), store)
-        durations.append((time.perf_counter() - began) * 1000.0)
-    return durations
+            result = await _yields(backend, store.codes, resolve_as_of(store, store.codes, None), store, refresh=invalidate)
+        if invalidate and result.status is CacheStatus.STALE:
+            # Fail-safe kept the old value for readers; the operator must hear that recomputing failed.
+            raise ApiError(
+                f"recomputing {target.value} failed ({result.error}); clients keep getting the previous result, marked "
+                f"STALE, until a computation succeeds (request id {request_id.get()})",
+                code=COMPUTATION_FAILED,
+            )
+        done.append(((time.perf_counter() - began) * 1000.0, result.coalesced))
+    return done
 
 
 class _Schema(strawberry.Schema):

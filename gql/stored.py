@@ -29,6 +29,12 @@ SOURCE_VERSION = hashlib.sha256(
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 
 
+def storable(report: list[dict[str, Any]]) -> bool:
+    """Whether an answer with this cache report may be stored: not one with a stale value in it,
+    which is being recomputed (or stands in for a failed computation) and must not be replayed."""
+    return bool(report) and all(entry.get("status") != "STALE" for entry in report)
+
+
 @dataclass(frozen=True)
 class StoredResponse:
     """One cached answer: its meta data plus the body prefix (raw and deflated)."""

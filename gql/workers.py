@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -114,6 +115,7 @@ def _start_worker(settings: Settings) -> None:
 
     configure(settings.log_level, settings.log_json)
     install_record_factory()
+    metrics.capture()  # counted by the server: events go back with each answer
     _worker = _Worker(settings)
 
 
@@ -148,8 +150,10 @@ class _Worker:
         from gql.data import PriceSource
         from gql.schema import Backend, build_schema
 
+        # The loop runs in its own thread, all the time: background work (a stale value's recomputation,
+        # storing a value after it was returned) goes on between jobs.
         self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
+        threading.Thread(target=self.loop.run_forever, name="gql-worker-loop", daemon=True).start()
         self.schema = build_schema(settings)
         self.backend = Backend(
             settings=settings,
@@ -161,13 +165,9 @@ class _Worker:
         )
 
     def run(self, job: Job) -> Answer:
-        events = metrics.capture()
-        try:
-            return self.loop.run_until_complete(self._execute(job, events))
-        finally:
-            metrics.release()
+        return asyncio.run_coroutine_threadsafe(self._execute(job), self.loop).result()
 
-    async def _execute(self, job: Job, events: list[tuple]) -> Answer:
+    async def _execute(self, job: Job) -> Answer:
         from gql.logs import request_id
         from gql.schema import Context
 
@@ -188,12 +188,12 @@ class _Worker:
             tail += b',"extensions":' + _dumps(extensions)
         tail += b"}"
         report = list(extensions.get("cache") or [])
-        if result.errors or not report:
-            return Answer(prefix, tail, report, None, events)
-        return Answer(prefix, tail, report, StoredResponse.from_report(prefix, report), events)
+        if result.errors or not stored_entries.storable(report):
+            return Answer(prefix, tail, report, None, metrics.take())
+        return Answer(prefix, tail, report, StoredResponse.from_report(prefix, report), metrics.take())
 
     def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
-        return self.loop.run_until_complete(self._store(keys, generations, stored))
+        return asyncio.run_coroutine_threadsafe(self._store(keys, generations, stored), self.loop).result()
 
     async def _store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
         return await stored_entries.write(self.backend.cache, keys, generations, stored.compressed()) is not None

@@ -109,6 +109,9 @@ def settings(redis_server: RedisServer) -> Settings:
         # In-process execution, so tests can look at the server's own counters; tests/test_workers.py
         # and the HTTP tests (tests/test_e2e.py, tests/test_fuzz.py) run the default worker processes.
         query_processes=0,
+        # Exact lifetimes (tests/test_cache.py covers jitter and early refresh on their own).
+        cache_ttl_jitter=0.0,
+        cache_early_refresh=0.0,
     )
 
 

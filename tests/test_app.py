@@ -139,6 +139,20 @@ def test_ttl_expiry_recomputes(settings):
         import time
 
         time.sleep(0.45)
+        # Past its TTL, within the stale period: answered at once, recomputed in the background.
+        stale = gql(client, YIELD)
+        assert statuses(stale) == ["STALE"] and stale["extensions"]["cache"][0]["ttlSeconds"] == 0
+        client.portal.call(client.app.state.backend.cache.drain)
+        assert statuses(gql(client, YIELD)) == ["HIT"]
+        assert computations(client) == {"yieldThisYear": 2}
+
+
+def test_past_the_stale_period_a_result_is_recomputed_before_answering(settings):
+    with TestClient(create_app(with_settings(settings, yield_ttl=0.2, cache_stale_seconds=0.1))) as client:
+        assert statuses(gql(client, YIELD)) == ["MISS"]
+        import time
+
+        time.sleep(0.4)
         assert statuses(gql(client, YIELD)) == ["MISS"]
         assert computations(client) == {"yieldThisYear": 2}
 
@@ -342,7 +356,9 @@ def test_unexpected_errors_are_masked(client, monkeypatch):
     response = client.post("/graphql", json={"query": YIELD})
     assert response.status_code == 200
     assert "secret internal detail" not in response.text
-    assert response.json()["errors"][0]["message"].startswith("Internal error")
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "COMPUTATION_FAILED"
+    assert error["message"].startswith("computing yieldThisYear failed and no earlier result is cached")
 
 
 # --- HTTP surface ---------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ PARTS = {"codes": ["000300"], "asOf": "2024-05-06"}
 
 
 def make_cache(url: str, **changes) -> ResultCache:
-    config = dict(redis_url=url, prefix=f"t-{uuid.uuid4().hex[:8]}", retry_seconds=0.1)
+    # No TTL jitter or early refresh unless a test asks: lifetimes are then exact.
+    config = dict(redis_url=url, prefix=f"t-{uuid.uuid4().hex[:8]}", retry_seconds=0.1, ttl_jitter=0.0, early_refresh=0.0)
     config.update(changes)
     return ResultCache(CacheConfig(**config))
 

@@ -90,7 +90,7 @@ class _RecordingCache:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    async def get_or_compute(self, namespace: str, parts: dict[str, Any], ttl: float, compute) -> CacheResult:
+    async def get_or_compute(self, namespace: str, parts: dict[str, Any], ttl: float, compute, refused=()) -> CacheResult:
         self.calls.append((namespace, dict(parts)))
         return CacheResult(await compute(), CacheStatus.BYPASS, 0.0, 0.0)
 
@@ -102,7 +102,7 @@ def _backend(compute: bool) -> SimpleNamespace:
         return fn(store, *args) if compute else (fn.__name__, *args)
 
     return SimpleNamespace(
-        settings=SimpleNamespace(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache(), run=run, ttl=lambda fixed: fixed
+        settings=SimpleNamespace(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache(), run=run, compute=run, ttl=lambda fixed: fixed
     )
 
 

@@ -189,7 +189,7 @@ def test_unexpected_errors_carry_the_request_id_and_log_the_traceback(client, mo
         response = client.post("/graphql", json={"query": YIELD}, headers={"X-Request-ID": "req-77"})
     error = error_of(response)
     assert response.headers["x-request-id"] == "req-77"
-    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": "req-77"}
+    assert error["extensions"] == {"code": "COMPUTATION_FAILED"}
     assert "req-77" in error["message"] and "internal detail" not in response.text and "Traceback" not in response.text
     logged = [r for r in caplog.records if r.exc_info or "internal detail 42" in r.getMessage()]
     assert logged and all(r.request_id == "req-77" for r in logged)
