@@ -336,7 +336,8 @@ class ResultCache:
             return CacheResult(await self._timed(namespace, compute), CacheStatus.BYPASS, 0.0, 0.0)
         key = cache_key(self.config.prefix, namespace, parts)
         use_redis = await self._usable()
-        generation, entry = await self._lookup(namespace, key, use_redis)
+        # One failed call is all a request pays: after it, this request does without Redis.
+        use_redis, generation, entry = await self._lookup(namespace, key, use_redis)
         now = self._clock()
         if entry is not None and entry.generation == generation:
             age = max(0.0, now - entry.created)
@@ -386,15 +387,16 @@ class ResultCache:
             return False
         return now - entry.duration * beta * math.log(1.0 - random.random()) >= entry.created + entry.fresh
 
-    async def _lookup(self, namespace: str, key: str, use_redis: bool) -> tuple[int, _Entry | None]:
+    async def _lookup(self, namespace: str, key: str, use_redis: bool) -> tuple[bool, int, _Entry | None]:
+        """(whether Redis answered, the namespace generation, the entry if any)."""
         if use_redis:
             try:
                 raw_generation, raw_entry = await self._call(self._redis.mget, self._generation_key(namespace), key)
             except _Unavailable:
                 pass
             else:
-                return int(raw_generation or 0), self._decode(key, raw_entry)
-        return self._local_generations.get(namespace, 0), self._local.get(key)
+                return True, int(raw_generation or 0), self._decode(key, raw_entry)
+        return False, self._local_generations.get(namespace, 0), self._local.get(key)
 
     def _decode(self, key: str, raw: bytes | None) -> _Entry | None:
         if raw is None:
@@ -485,7 +487,8 @@ class ResultCache:
         self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], background: bool
     ) -> tuple[Any, float] | None:
         """Compute under the key's lease, or wait for its holder; None: compute without Redis."""
-        lease = self._lease_key(key)
+        # Per generation: after a refresh, the new computation must not wait for one of before it.
+        lease = self._lease_key(key, f"compute:{generation}")
         token = uuid.uuid4().hex
         lease_ms = max(1, int(self.config.lease_seconds * 1000))
         for _ in range(20):  # a bound on takeovers; each holder either ends or dies

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from gql.cache import CacheConfig, CacheState, CacheStatus, ResultCache, cache_key
+from gql.cache import BreakerState, CacheConfig, CacheState, CacheStatus, ComputationError, ResultCache, cache_key
 
 pytestmark = pytest.mark.anyio
 
@@ -50,22 +50,35 @@ async def test_hit_returns_exactly_what_the_miss_returned(redis_server):
     await cache.close()
 
 
-async def test_ttl_expiry_recomputes(redis_server):
+async def test_past_its_ttl_a_value_is_served_stale_and_recomputed_in_the_background(redis_server):
     cache = make_cache(redis_server.url)
     compute = Computation()
     await cache.get_or_compute("ns", PARTS, 0.3, compute)
     assert (await cache.get_or_compute("ns", PARTS, 0.3, compute)).status is CacheStatus.HIT
     await asyncio.sleep(0.45)
+    stale = await cache.get_or_compute("ns", PARTS, 0.3, compute)
+    assert stale.status is CacheStatus.STALE and stale.value["run"] == 1 and stale.ttl_seconds == 0
+    await cache.drain()
     again = await cache.get_or_compute("ns", PARTS, 0.3, compute)
-    assert again.status is CacheStatus.MISS and compute.runs == 2
+    assert again.status is CacheStatus.HIT and again.value["run"] == 2 and compute.runs == 2
     await cache.close()
 
 
-async def test_entry_lives_in_redis_with_the_ttl(redis_server):
-    cache = make_cache(redis_server.url)
+async def test_past_the_stale_period_a_value_is_recomputed_before_answering(redis_server):
+    cache = make_cache(redis_server.url, stale_seconds=0.1)
+    compute = Computation()
+    await cache.get_or_compute("ns", PARTS, 0.2, compute)
+    await asyncio.sleep(0.4)
+    again = await cache.get_or_compute("ns", PARTS, 0.2, compute)
+    assert again.status is CacheStatus.MISS and again.value["run"] == 2
+    await cache.close()
+
+
+async def test_entry_lives_in_redis_for_its_ttl_plus_the_longer_of_stale_and_fail_safe_periods(redis_server):
+    cache = make_cache(redis_server.url, stale_seconds=30, fail_safe_seconds=600)
     await cache.get_or_compute("ns", PARTS, 120, Computation())
     key = cache_key(cache.config.prefix, "ns", PARTS)
-    assert 110_000 < redis_server.client().pttl(key) <= 120_000
+    assert 710_000 < redis_server.client().pttl(key) <= 720_000
     await cache.close()
 
 
@@ -169,7 +182,7 @@ async def test_disabled_cache_bypasses_redis(redis_server):
 
 
 async def test_redis_stopped_then_back(own_redis):
-    cache = make_cache(own_redis.url)
+    cache = make_cache(own_redis.url, breaker_failures=1)
     compute = Computation()
     await cache.get_or_compute("ns", PARTS, 60, compute)
     own_redis.stop()
@@ -187,24 +200,63 @@ async def test_redis_stopped_then_back(own_redis):
     await cache.close()
 
 
-async def test_frozen_redis_costs_one_short_timeout(own_redis):
-    cache = make_cache(own_redis.url, timeout=0.1, retry_seconds=30)
+async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_redis):
+    cache = make_cache(own_redis.url, timeout=0.1, retry_seconds=30, breaker_failures=3)
     compute = Computation()
     await cache.get_or_compute("ns", PARTS, 60, compute)
     own_redis.freeze()
     try:
         # A hang guard, not a speed test: redis-py's defaults (5 s timeouts, retries) would exceed it.
-        result = await asyncio.wait_for(cache.get_or_compute("ns", PARTS, 60, compute), timeout=3)
-        assert result.value is not None and cache.state is CacheState.DEGRADED
-        # While the retry period runs, Redis is not asked at all.
+        for expected in (CacheState.OK, CacheState.OK, CacheState.DEGRADED):
+            result = await asyncio.wait_for(cache.get_or_compute("ns", PARTS, 60, compute), timeout=3)
+            assert result.value is not None and cache.state is expected
+        assert cache.breaker_state is BreakerState.OPEN
+        # While the breaker is open, Redis is not asked at all: served from the in-process cache.
+        calls = []
+        original = cache._redis.execute_command
+
+        async def counted(*args, **kwargs):
+            calls.append(args[0])
+            return await original(*args, **kwargs)
+
+        cache._redis.execute_command = counted
         assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
+        assert calls == []
     finally:
         own_redis.thaw()
     await cache.close()
 
 
+async def test_the_breaker_probes_after_its_cool_down_and_closes_when_redis_answers(own_redis):
+    cache = make_cache(own_redis.url, retry_seconds=0.3, breaker_failures=1)
+    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    own_redis.freeze()
+    try:
+        await cache.get_or_compute("ns", PARTS, 60, Computation())
+        assert cache.breaker_state is BreakerState.OPEN
+        await asyncio.sleep(0.4)
+        await cache.get_or_compute("ns", PARTS, 60, Computation())  # the probe fails: open again
+        assert cache.breaker_state is BreakerState.OPEN
+    finally:
+        own_redis.thaw()
+    await asyncio.sleep(0.4)
+    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    assert cache.breaker_state is BreakerState.CLOSED and cache.state is CacheState.OK
+    await cache.close()
+
+
+def test_every_redis_call_is_bounded_and_never_retried():
+    cache = ResultCache(CacheConfig())
+    for client in (cache._redis, cache._listener_client):
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] <= 0.1 and kwargs["socket_connect_timeout"] <= 0.1
+        assert kwargs["retry"].get_retries() == 0
+    writer = cache._writer.connection_pool.connection_kwargs
+    assert writer["socket_connect_timeout"] <= 0.1 and writer["retry"].get_retries() == 0
+
+
 async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis):
-    cache = make_cache(own_redis.url)
+    cache = make_cache(own_redis.url, breaker_failures=1)
     await cache.get_or_compute("ns", PARTS, 60, Computation({"old": True}))
     own_redis.freeze()
     try:
