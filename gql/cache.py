@@ -367,8 +367,6 @@ class ResultCache:
             if fallback is not None:
                 return self._fail_safe(namespace, fallback, _describe(exc), now)
             metrics.lookup(namespace, "error")
-            if isinstance(exc, ComputationError):
-                raise
             raise ComputationError(f"computing {namespace} failed and no earlier result is cached to stand in") from exc
         metrics.lookup(namespace, "miss")
         return CacheResult(value, status, 0.0, ttl_used)
@@ -722,7 +720,8 @@ class ResultCache:
         held = None
         if await self._usable():
             try:
-                held = await self._call(self._redis.set, lease, token, nx=True, px=max(1, int(self.config.lease_seconds * 1000)))
+                # SET NX answers None (not False) when the key exists.
+                held = bool(await self._call(self._redis.set, lease, token, nx=True, px=max(1, int(self.config.lease_seconds * 1000))))
             except _Unavailable:
                 held = None
         if held is False:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -266,4 +268,301 @@ async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis)
     await asyncio.sleep(0.15)
     after = await cache.get_or_compute("ns", PARTS, 60, Computation({"new": True}))
     assert after.value == {"new": True} and after.status is CacheStatus.REFRESHED
+    await cache.close()
+
+
+# --- single flight across processes (two caches on one Redis stand for two processes) -------------
+
+
+def twin(cache: ResultCache, **changes) -> ResultCache:
+    """Another cache on the same Redis and prefix: what another process or host would have."""
+    return ResultCache(replace(cache.config, **changes))
+
+
+class Failing:
+    """A computation that raises, counting its runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def __call__(self):
+        self.runs += 1
+        raise RuntimeError("the price feed is down")
+
+
+async def test_concurrent_misses_in_two_processes_run_one_computation(redis_server):
+    first = make_cache(redis_server.url, lease_seconds=30)
+    second = twin(first)
+    compute = Computation()
+    compute.gate = asyncio.Event()
+    calls = [asyncio.ensure_future(c.get_or_compute("ns", PARTS, 60, compute)) for c in (first, second) * 10]
+    await compute.started.wait()
+    await asyncio.sleep(0.2)  # everyone is waiting on the lease or on the local flight
+    compute.gate.set()
+    # Woken by the holder's message, not at the end of the 30 s lease.
+    results = await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
+    assert compute.runs == 1 and first.computations["ns"] + second.computations["ns"] == 1
+    assert all(r.value == results[0].value for r in results)
+    for cache in (first, second):
+        await cache.close()
+
+
+async def test_a_computation_longer_than_its_lease_still_runs_once(redis_server):
+    first = make_cache(redis_server.url, lease_seconds=0.3)
+    second = twin(first)
+    compute = Computation()
+    compute.gate = asyncio.Event()
+    holder = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, compute))
+    await compute.started.wait()
+    waiter = asyncio.ensure_future(second.get_or_compute("ns", PARTS, 60, compute))
+    await asyncio.sleep(1.0)  # more than three lease periods: the holder keeps extending it
+    compute.gate.set()
+    assert (await holder).value == (await waiter).value and compute.runs == 1
+    for cache in (first, second):
+        await cache.close()
+
+
+async def test_when_the_lease_holder_dies_another_process_takes_over(redis_server):
+    cache = make_cache(redis_server.url, lease_seconds=0.5)
+    # What a holder killed mid-computation leaves behind: its lease, running out, never extended.
+    generation = 0
+    lease = cache._lease_key(cache_key(cache.config.prefix, "ns", PARTS), f"compute:{generation}")
+    redis_server.client().set(lease, "dead-holder", px=500)
+    compute = Computation({"computed": "by the survivor"})
+    began = asyncio.get_running_loop().time()
+    result = await asyncio.wait_for(cache.get_or_compute("ns", PARTS, 60, compute), timeout=5)
+    assert result.value == {"computed": "by the survivor"} and compute.runs == 1
+    assert asyncio.get_running_loop().time() - began >= 0.3  # it did wait for the lease first
+    await cache.close()
+
+
+async def test_a_failure_is_shared_with_the_waiting_processes(redis_server):
+    first = make_cache(redis_server.url, lease_seconds=30)
+    second = twin(first)
+    gate = asyncio.Event()
+    runs = 0
+
+    async def failing_later():
+        nonlocal runs
+        runs += 1
+        await gate.wait()
+        raise RuntimeError("boom")
+
+    holder = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, failing_later))
+    await asyncio.sleep(0.1)
+    waiter = asyncio.ensure_future(second.get_or_compute("ns", PARTS, 60, failing_later))
+    await asyncio.sleep(0.1)
+    gate.set()
+    for call in (holder, waiter):
+        with pytest.raises(ComputationError, match="no earlier result"):
+            await asyncio.wait_for(call, timeout=5)
+    assert runs == 1
+    for cache in (first, second):
+        await cache.close()
+
+
+# --- stale-while-revalidate and early refresh ---------------------------------------------------------
+
+
+async def test_a_stale_value_is_recomputed_once_across_processes(redis_server):
+    first = make_cache(redis_server.url)
+    second = twin(first)
+    compute = Computation()
+    await first.get_or_compute("ns", PARTS, 0.2, compute)
+    await asyncio.sleep(0.3)
+    compute.gate = asyncio.Event()
+    stale = await asyncio.gather(*[c.get_or_compute("ns", PARTS, 0.2, compute) for c in (first, second) * 5])
+    assert {r.status for r in stale} == {CacheStatus.STALE} and {r.value["run"] for r in stale} == {1}
+    compute.gate.set()
+    await first.drain()
+    await second.drain()
+    assert compute.runs == 2
+    fresh = await second.get_or_compute("ns", PARTS, 60, compute)
+    assert fresh.status is CacheStatus.HIT and fresh.value["run"] == 2
+    for cache in (first, second):
+        await cache.close()
+
+
+async def test_hot_keys_are_recomputed_before_they_expire_when_early_refresh_is_on(redis_server):
+    async def slowish():
+        await asyncio.sleep(0.05)
+        return {"at": time.time()}
+
+    # 50 ms x 1e7: "about to expire" with a probability of 1 - e^(-60 / 5e5), i.e. all but always.
+    eager = make_cache(redis_server.url, early_refresh=1e7)
+    first = await eager.get_or_compute("ns", PARTS, 60, slowish)
+    hit = await eager.get_or_compute("ns", PARTS, 60, slowish)
+    assert hit.status is CacheStatus.HIT and hit.value == first.value  # answered from the cache...
+    await eager.drain()
+    assert eager.computations["ns"] == 2  # ...and recomputed in the background
+    never = make_cache(redis_server.url, early_refresh=0.0)
+    await never.get_or_compute("ns", PARTS, 60, slowish)
+    await never.get_or_compute("ns", PARTS, 60, slowish)
+    await never.drain()
+    assert never.computations["ns"] == 1
+    for cache in (eager, never):
+        await cache.close()
+
+
+# --- fail-safe -------------------------------------------------------------------------------------------
+
+
+async def test_a_failed_computation_is_answered_with_the_last_good_value(redis_server):
+    first = make_cache(redis_server.url, stale_seconds=0, fail_safe_retry_seconds=0.5)
+    await first.get_or_compute("ns", PARTS, 0.1, Computation({"good": 1}))
+    await asyncio.sleep(0.2)
+    failing = Failing()
+    kept = await first.get_or_compute("ns", PARTS, 0.1, failing)
+    assert kept.status is CacheStatus.STALE and kept.value == {"good": 1} and kept.error == "RuntimeError"
+    # Retries are throttled, in this process and in the others (through Redis).
+    second = twin(first)
+    for cache in (first, second, first):
+        again = await cache.get_or_compute("ns", PARTS, 0.1, failing)
+        assert again.status is CacheStatus.STALE and again.error == "RuntimeError"
+    assert failing.runs == 1
+    await asyncio.sleep(0.6)
+    await first.get_or_compute("ns", PARTS, 0.1, failing)
+    assert failing.runs == 2
+    # Once it succeeds, the new value replaces the old one and the throttle is gone.
+    await asyncio.sleep(0.6)
+    recovered = await second.get_or_compute("ns", PARTS, 60, Computation({"good": 2}))
+    assert recovered.status is CacheStatus.MISS and recovered.value == {"good": 2} and recovered.error is None
+    for cache in (first, second):
+        await cache.close()
+
+
+async def test_a_value_older_than_the_fail_safe_limit_does_not_stand_in(redis_server):
+    cache = make_cache(redis_server.url, stale_seconds=0, fail_safe_seconds=0.2)
+    await cache.get_or_compute("ns", PARTS, 0.1, Computation({"good": 1}))
+    await asyncio.sleep(0.4)
+    with pytest.raises(ComputationError):
+        await cache.get_or_compute("ns", PARTS, 0.1, Failing())
+    await cache.close()
+
+
+async def test_with_no_earlier_value_a_failure_is_an_error_and_nothing_is_cached(redis_server):
+    cache = make_cache(redis_server.url)
+    failing = Failing()
+    for _ in range(2):
+        with pytest.raises(ComputationError, match="computing ns failed and no earlier result is cached"):
+            await cache.get_or_compute("ns", PARTS, 60, failing)
+    assert failing.runs == 2  # not throttled: there is nothing to serve instead
+    assert not redis_server.client().keys(f"{cache.config.prefix}:entry:*")
+    await cache.close()
+
+
+async def test_a_refused_argument_error_reaches_the_caller_as_it_is(redis_server, caplog):
+    class WrongDates(ValueError):
+        pass
+
+    async def refusing():
+        raise WrongDates("no closes in that range")
+
+    cache = make_cache(redis_server.url)
+    with caplog.at_level(logging.WARNING, logger="gql.cache"), pytest.raises(WrongDates):
+        await cache.get_or_compute("ns", PARTS, 60, refusing, refused=(WrongDates,))
+    assert not caplog.records
+    await cache.close()
+
+
+# --- refresh ----------------------------------------------------------------------------------------------
+
+
+async def test_a_computation_held_at_a_barrier_does_not_overwrite_a_refresh(redis_server):
+    first = make_cache(redis_server.url)
+    second = twin(first)
+    old = Computation({"computed": "before refresh"})
+    old.gate = asyncio.Event()
+    in_flight = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, old))
+    await old.started.wait()
+    refreshed = await second.refresh("ns", PARTS, 60, Computation({"computed": "by the refresh"}))
+    assert refreshed.value == {"computed": "by the refresh"}
+    old.gate.set()
+    assert (await in_flight).value == {"computed": "before refresh"}  # its own caller still gets it
+    await first.drain()
+    for cache in (first, second):
+        after = await cache.get_or_compute("ns", PARTS, 60, Computation({"computed": "third"}))
+        assert after.status is CacheStatus.HIT and after.value == {"computed": "by the refresh"}
+    for cache in (first, second):
+        await cache.close()
+
+
+async def test_concurrent_refreshes_coalesce_into_one_computation(redis_server):
+    first = make_cache(redis_server.url)
+    second = twin(first)
+    await first.get_or_compute("ns", PARTS, 60, Computation({"old": True}))
+    compute = Computation({"new": True})
+    compute.gate = asyncio.Event()
+    calls = [asyncio.ensure_future(c.refresh("ns", PARTS, 60, compute)) for c in (first, second, first, second)]
+    await compute.started.wait()
+    await asyncio.sleep(0.2)
+    compute.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
+    assert compute.runs == 1 and all(r.value == {"new": True} for r in results)
+    assert sum(r.coalesced for r in results) == 3
+    for cache in (first, second):
+        await cache.close()
+
+
+# --- entries --------------------------------------------------------------------------------------------
+
+
+async def test_entries_of_the_right_format_but_the_wrong_shape_are_misses(redis_server):
+    cache = make_cache(redis_server.url)
+    key = cache_key(cache.config.prefix, "ns", PARTS)
+    client = redis_server.client()
+    for junk in (b'{"f": 2, "g": 0, "t": "yesterday", "ttl": 60, "d": 0, "v": 1}',
+                 b'{"f": 2, "g": 0, "t": NaN, "ttl": 60, "d": 0, "v": 1}',
+                 b'{"f": 2, "g": 0, "t": 1e400, "ttl": 60, "d": 0, "v": 1}',
+                 b'{"f": 2, "v": 1}'):
+        client.set(key, junk)
+        result = await cache.get_or_compute("ns", PARTS, 60, Computation({"ok": True}))
+        assert result.status is CacheStatus.MISS and result.value == {"ok": True}
+    await cache.close()
+
+
+async def test_ttls_of_values_written_together_are_spread(redis_server):
+    cache = make_cache(redis_server.url, ttl_jitter=0.1)
+    results = [await cache.get_or_compute("ns", {"i": i}, 100, Computation()) for i in range(20)]
+    fresh = [r.ttl_seconds for r in results]
+    assert all(90 <= t <= 100 for t in fresh) and len({round(t, 3) for t in fresh}) > 15
+    client = redis_server.client()
+    expiries = {client.pttl(cache_key(cache.config.prefix, "ns", {"i": i})) // 100 for i in range(20)}
+    assert len(expiries) > 15
+    await cache.close()
+
+
+async def test_while_the_breaker_is_open_concurrent_misses_share_one_computation(own_redis):
+    cache = make_cache(own_redis.url, breaker_failures=1, retry_seconds=30)
+    own_redis.stop()
+    await cache.get_or_compute("other", PARTS, 60, Computation())  # opens the breaker
+    assert cache.state is CacheState.DEGRADED
+    compute = Computation()
+    compute.gate = asyncio.Event()
+    calls = [asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute)) for _ in range(10)]
+    await compute.started.wait()
+    compute.gate.set()
+    await asyncio.gather(*calls)
+    assert compute.runs == 1
+    assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
+    await cache.close()
+
+
+async def test_lookups_are_counted_by_outcome(redis_server):
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str) -> float:
+        return REGISTRY.get_sample_value("gql_cache_lookups_total", {"field": "metered", "outcome": outcome}) or 0.0
+
+    before = {o: count(o) for o in ("hit", "miss", "stale", "error")}
+    cache = make_cache(redis_server.url, stale_seconds=0.2, fail_safe_retry_seconds=0)
+    await cache.get_or_compute("metered", PARTS, 0.1, Computation())  # miss
+    await cache.get_or_compute("metered", PARTS, 0.1, Computation())  # hit
+    await asyncio.sleep(0.15)
+    await cache.get_or_compute("metered", PARTS, 0.1, Computation())  # stale
+    await cache.drain()
+    with pytest.raises(ComputationError):
+        await cache.get_or_compute("metered", {"other": 1}, 0.1, Failing())  # error
+    after = {o: count(o) - before[o] for o in before}
+    assert after == {"hit": 1, "miss": 1, "stale": 1, "error": 1}
     await cache.close()
