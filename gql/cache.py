@@ -23,6 +23,8 @@ What it guarantees (docs/caching.md has the whole story):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import enum
 import hashlib
 import logging
@@ -31,7 +33,7 @@ import random
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -199,6 +201,11 @@ def cache_key(prefix: str, namespace: str, parts: Mapping[str, Any]) -> str:
     """A key from a namespace and normalized arguments; the arguments are hashed, never embedded."""
     digest = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
     return f"{prefix}:entry:{namespace}:{digest}"
+
+
+# Set by `ResultCache.request()` for one request: once one of its Redis calls has failed, the rest of
+# the request does without Redis (a frozen Redis costs a request one bound, not one per call).
+_request_redis_failed: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("request_redis_failed", default=None)
 
 
 class _Unavailable(Exception):
@@ -768,12 +775,30 @@ class ResultCache:
 
     # --- Redis calls and the breaker --------------------------------------------------------------
 
+    @staticmethod
+    @contextlib.contextmanager
+    def request() -> Iterator[None]:
+        """Scope of one request: after a failed Redis call in it, the rest of it does without Redis."""
+        token = _request_redis_failed.set([False])
+        try:
+            yield
+        finally:
+            _request_redis_failed.reset(token)
+
+    @staticmethod
+    def failed_in_this_request() -> bool:
+        flag = _request_redis_failed.get()
+        return flag is not None and flag[0]
+
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         if self._breaker.state is not BreakerState.CLOSED:
             raise _Unavailable
         try:
             result = await fn(*args, **kwargs)
         except (RedisError, OSError) as exc:
+            flag = _request_redis_failed.get()
+            if flag is not None:
+                flag[0] = True
             self._breaker.failed()
             log.debug("Redis call failed: %r", exc)
             raise _Unavailable from exc
@@ -782,7 +807,7 @@ class ResultCache:
 
     async def _usable(self) -> bool:
         """Whether to use Redis for this request (probing it when the breaker's cool-down is over)."""
-        if self._disabled:
+        if self._disabled or self.failed_in_this_request():
             return False
         if self._breaker.state is BreakerState.CLOSED:
             return True

@@ -141,6 +141,10 @@ class ResponseCacheApp:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
             await self.app(scope, receive, send)
             return
+        with self.cache.request():
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             request, body = await _read(scope, receive)
         except _BadRequest as exc:
@@ -257,7 +261,7 @@ class ResponseCacheApp:
         """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
         outcome, in_worker = None, False
         # Only while Redis is in use: then a refresh reaches the workers (through Redis generations).
-        if cacheable and self.workers is not None and self.cache.state is CacheState.OK:
+        if cacheable and self.workers is not None and self.cache.state is CacheState.OK and not self.cache.failed_in_this_request():
             outcome = await self._in_worker(request)
             in_worker = outcome is not None
         if outcome is None:

@@ -169,16 +169,24 @@ class _Worker:
 
     async def _execute(self, job: Job) -> Answer:
         from gql.logs import request_id
-        from gql.schema import Context
 
         request_id.set(job.request_id)
-        result = await self.schema.execute(
+        with self.backend.cache.request():
+            result = await self._executed(job)
+        return self._answer(result)
+
+    async def _executed(self, job: Job) -> Any:
+        from gql.schema import Context
+
+        return await self.schema.execute(
             job.query,
             variable_values=job.variables,
             context_value=Context(request=None, backend=self.backend),
             operation_name=job.operation_name,
             allowed_operation_types={OperationType.QUERY},
         )
+
+    def _answer(self, result: Any) -> Answer:
         prefix = b'{"data":' + orjson.dumps(result.data)
         tail = b""
         if result.errors:

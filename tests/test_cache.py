@@ -566,3 +566,30 @@ async def test_lookups_are_counted_by_outcome(redis_server):
     after = {o: count(o) - before[o] for o in before}
     assert after == {"hit": 1, "miss": 1, "stale": 1, "error": 1}
     await cache.close()
+
+
+async def test_after_one_failed_call_the_rest_of_the_request_does_without_redis(own_redis):
+    cache = make_cache(own_redis.url, breaker_failures=10)
+    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    calls = []
+    original = cache._redis.execute_command
+
+    async def counted(*args, **kwargs):
+        calls.append(args[0])
+        return await original(*args, **kwargs)
+
+    cache._redis.execute_command = counted
+    own_redis.freeze()
+    try:
+        with cache.request():
+            await cache.get_or_compute("ns", PARTS, 60, Computation())
+            assert cache.failed_in_this_request() and len(calls) == 1
+            await cache.get_or_compute("ns", {"other": 1}, 60, Computation())
+            assert len(calls) == 1  # not asked again in this request
+        assert cache.state is CacheState.OK  # one failure: the breaker is still closed
+        with cache.request():
+            await cache.get_or_compute("ns", PARTS, 60, Computation())
+        assert len(calls) == 2  # the next request tries Redis again
+    finally:
+        own_redis.thaw()
+    await cache.close()
