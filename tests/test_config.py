@@ -222,3 +222,19 @@ def test_validate_rejects_settings_built_in_code(changes: dict):
 
 def test_defaults_are_valid():
     Settings().validate()
+
+
+def test_every_setting_is_in_the_readme_table_and_in_the_configuration_docs():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from gql.config import _ENV_NAMES
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):]
+    docs = (root / "docs" / "configuration.md").read_text()
+    for field in fields(Settings):
+        name = _ENV_NAMES.get(field.name, "GQL_" + field.name.upper())
+        assert f"| `{name}` |" in table, f"{name} is missing from the README's configuration table"
+        assert f"| `{name}` |" in docs, f"{name} is missing from docs/configuration.md"
