@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
             app.state.responses = graphql
             state = await cache.check()
+            await cache.warm()
             if workers is not None:
                 await workers.warm()
             if settings.refresh_at:

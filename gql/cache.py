@@ -42,6 +42,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gql import metrics
 from gql.config import Settings
@@ -203,8 +204,8 @@ def cache_key(prefix: str, namespace: str, parts: Mapping[str, Any]) -> str:
     return f"{prefix}:entry:{namespace}:{digest}"
 
 
-# Set by `ResultCache.request()` for one request: once one of its Redis calls has failed, the rest of
-# the request does without Redis (a frozen Redis costs a request one bound, not one per call).
+# Set by `ResultCache.request()` for one request: whether one of its Redis calls has failed, so that
+# layers above keep the rest of it out of places that need Redis (the query worker processes).
 _request_redis_failed: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("request_redis_failed", default=None)
 
 
@@ -231,14 +232,23 @@ def _refusing(compute: Callable[[], Awaitable[Any]], refused: tuple[type[Excepti
 
 
 class CircuitBreaker:
-    """Closed until `failures` consecutive calls fail; then open for `cooldown` seconds; then one probe."""
+    """Closed until `failures` consecutive calls fail; then open for `cooldown` seconds; then one probe.
 
-    def __init__(self, failures: int, cooldown: float, on_change: Callable[[BreakerState, BreakerState], None]) -> None:
+    A refused or broken connection is a clear failure. A timeout is not always one: a burst of work can
+    hold the event loop past the bound while Redis answered in time (on a busy machine, a cold stampede
+    did). So timeouts open the breaker only once they have gone on, with no success, for `slow_span`.
+    """
+
+    def __init__(
+        self, failures: int, cooldown: float, on_change: Callable[[BreakerState, BreakerState], None], slow_span: float = 0.5
+    ) -> None:
         self.failures = max(1, failures)
         self.cooldown = cooldown
+        self.slow_span = slow_span
         self.state = BreakerState.CLOSED
         self._on_change = on_change
         self._consecutive = 0
+        self._streak_began = 0.0
         self._open_until = 0.0
 
     def probe_due(self) -> bool:
@@ -253,11 +263,20 @@ class CircuitBreaker:
         if self.state is not BreakerState.CLOSED:
             self._set(BreakerState.CLOSED)
 
-    def failed(self) -> None:
+    def failed(self, timed_out: bool = False) -> None:
+        now = time.monotonic()
+        if self._consecutive == 0:
+            self._streak_began = now
         self._consecutive += 1
-        if self.state is BreakerState.HALF_OPEN or (self.state is BreakerState.CLOSED and self._consecutive >= self.failures):
-            self._open_until = time.monotonic() + self.cooldown
-            self._set(BreakerState.OPEN)
+        if self.state is BreakerState.HALF_OPEN:
+            self._open(now)
+        elif self.state is BreakerState.CLOSED and self._consecutive >= self.failures:
+            if not timed_out or now - self._streak_began >= self.slow_span:
+                self._open(now)
+
+    def _open(self, now: float) -> None:
+        self._open_until = now + self.cooldown
+        self._set(BreakerState.OPEN)
 
     def _set(self, state: BreakerState) -> None:
         previous, self.state = self.state, state
@@ -270,7 +289,11 @@ class ResultCache:
         self._clock = clock
         # redis-py retries with backoff by default (5 s timeouts, 10 retries in redis-py 8): a slow
         # Redis must cost one short bound, never seconds.
-        bounded = dict(retry=Retry(NoBackoff(), 0), retry_on_error=[], health_check_interval=0, socket_connect_timeout=config.timeout)
+        bounded = dict(
+            retry=Retry(NoBackoff(), 0), retry_on_error=[], health_check_interval=0, socket_connect_timeout=config.timeout,
+            # No CLIENT SETINFO when connecting: a burst that opens connections pays less.
+            driver_info=None,
+        )
         self._redis = redis.Redis.from_url(config.redis_url, socket_timeout=config.timeout, **bounded)
         self._writer = redis.Redis.from_url(config.redis_url, socket_timeout=max(config.timeout, config.write_timeout), **bounded)
         self._listener_client = redis.Redis.from_url(config.redis_url, socket_timeout=config.timeout, **bounded)
@@ -278,7 +301,9 @@ class ResultCache:
         self._store_and_release = self._writer.register_script(_STORE_AND_RELEASE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._extend_script = self._redis.register_script(_EXTEND)
-        self._breaker = CircuitBreaker(config.breaker_failures, config.retry_seconds, self._breaker_changed)
+        self._breaker = CircuitBreaker(
+            config.breaker_failures, config.retry_seconds, self._breaker_changed, slow_span=5 * config.timeout
+        )
         self._disabled = not config.enabled
         metrics.breaker(BreakerState.OPEN if self._disabled else BreakerState.CLOSED, opened=False)
         self._probing = False
@@ -320,6 +345,13 @@ class ResultCache:
         for client in (self._redis, self._writer, self._listener_client):
             await client.aclose()
 
+    async def warm(self, connections: int = 8) -> None:
+        """Open connections now, so that the first burst of requests does not pay for opening them."""
+        if self._disabled or self._breaker.state is not BreakerState.CLOSED:
+            return
+        pings = [self._redis.ping() for _ in range(connections)] + [self._writer.ping() for _ in range(2)]
+        await asyncio.gather(*pings, return_exceptions=True)
+
     async def drain(self) -> None:
         """Wait for background work (recomputations, stores) to end; for tests and shutdown."""
         while self._background:
@@ -343,7 +375,7 @@ class ResultCache:
             return CacheResult(await self._timed(namespace, compute), CacheStatus.BYPASS, 0.0, 0.0)
         key = cache_key(self.config.prefix, namespace, parts)
         use_redis = await self._usable()
-        # One failed call is all a request pays: after it, this request does without Redis.
+        # Whether Redis answered (after one retry): if not, this request goes on without it.
         use_redis, generation, entry = await self._lookup(namespace, key, use_redis)
         now = self._clock()
         if entry is not None and entry.generation == generation:
@@ -394,13 +426,14 @@ class ResultCache:
 
     async def _lookup(self, namespace: str, key: str, use_redis: bool) -> tuple[bool, int, _Entry | None]:
         """(whether Redis answered, the namespace generation, the entry if any)."""
-        if use_redis:
+        for attempt in range(2 if use_redis else 0):
             try:
                 raw_generation, raw_entry = await self._call(self._redis.mget, self._generation_key(namespace), key)
             except _Unavailable:
-                pass
-            else:
-                return True, int(raw_generation or 0), self._decode(key, raw_entry)
+                if self._breaker.state is not BreakerState.CLOSED:
+                    break  # Redis is out: do without it
+                continue  # one failure with the breaker closed may be a hiccup (or a busy loop): once more
+            return True, int(raw_generation or 0), self._decode(key, raw_entry)
         return False, self._local_generations.get(namespace, 0), self._local.get(key)
 
     def _decode(self, key: str, raw: bytes | None) -> _Entry | None:
@@ -502,6 +535,8 @@ class ResultCache:
                 acquired = await self._call(self._redis.set, lease, token, nx=True, px=lease_ms)
             except _Unavailable:
                 self._stop_waiting(key, waiter)
+                if self._breaker.state is BreakerState.CLOSED:
+                    continue  # a failed call, but Redis is not out (yet): computing without the lease could run it twice
                 return None
             if acquired:
                 self._stop_waiting(key, waiter)
@@ -532,6 +567,8 @@ class ResultCache:
                         return entry.value, entry.fresh - (self._clock() - entry.created)
                     remaining_ms = await self._call(self._redis.pttl, lease)
                 except _Unavailable:
+                    if self._breaker.state is BreakerState.CLOSED:
+                        continue  # see _leased
                     return None
                 if remaining_ms < 0:
                     return "retry"  # the holder is gone (lease expired) or ended without storing
@@ -778,7 +815,7 @@ class ResultCache:
     @staticmethod
     @contextlib.contextmanager
     def request() -> Iterator[None]:
-        """Scope of one request: after a failed Redis call in it, the rest of it does without Redis."""
+        """Scope of one request, for `failed_in_this_request`."""
         token = _request_redis_failed.set([False])
         try:
             yield
@@ -799,7 +836,7 @@ class ResultCache:
             flag = _request_redis_failed.get()
             if flag is not None:
                 flag[0] = True
-            self._breaker.failed()
+            self._breaker.failed(timed_out=isinstance(exc, RedisTimeoutError))
             log.debug("Redis call failed: %r", exc)
             raise _Unavailable from exc
         self._breaker.succeeded()
@@ -807,7 +844,7 @@ class ResultCache:
 
     async def _usable(self) -> bool:
         """Whether to use Redis for this request (probing it when the breaker's cool-down is over)."""
-        if self._disabled or self.failed_in_this_request():
+        if self._disabled:
             return False
         if self._breaker.state is BreakerState.CLOSED:
             return True
@@ -825,7 +862,7 @@ class ResultCache:
                 self._pending_invalidations.discard(namespace)
         except (RedisError, OSError) as exc:
             log.debug("Redis still unreachable: %s", exc)
-            self._breaker.failed()
+            self._breaker.failed(timed_out=isinstance(exc, RedisTimeoutError))
             return False
         finally:
             self._probing = False

@@ -163,6 +163,7 @@ class _Worker:
             cache=ResultCache(replace(cache_config(settings), local_entries=0)),
             pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="gql-compute"),
         )
+        asyncio.run_coroutine_threadsafe(self.backend.cache.warm(), self.loop).result()
 
     def run(self, job: Job) -> Answer:
         return asyncio.run_coroutine_threadsafe(self._execute(job), self.loop).result()
