@@ -259,6 +259,12 @@ class CircuitBreaker:
         return False
 
     def succeeded(self) -> None:
+        """A call answered. Only while closed: a slow call that answers after the breaker opened
+        must not close it (that skips the probe, which first applies the refreshes made meanwhile)."""
+        if self.state is BreakerState.CLOSED:
+            self._consecutive = 0
+
+    def probe_succeeded(self) -> None:
         self._consecutive = 0
         if self.state is not BreakerState.CLOSED:
             self._set(BreakerState.CLOSED)
@@ -382,14 +388,14 @@ class ResultCache:
             age = max(0.0, now - entry.created)
             if age < entry.fresh:
                 if self._refresh_early(entry, now):
-                    self._revalidate(namespace, key, generation, ttl, compute, use_redis)
+                    self._revalidate(namespace, key, generation, ttl, compute, use_redis, entry.created)
                 metrics.lookup(namespace, "hit")
                 return CacheResult(entry.value, CacheStatus.HIT, age, entry.fresh - age)
             if age < entry.fresh + self._stale_seconds(entry.fresh):
                 # Answered now; recomputed once in the background, unless that failed a moment ago.
                 failure = await self._recent_failure(key, use_redis)
                 if failure is None:
-                    self._revalidate(namespace, key, generation, ttl, compute, use_redis)
+                    self._revalidate(namespace, key, generation, ttl, compute, use_redis, entry.created)
                 metrics.lookup(namespace, "stale")
                 return CacheResult(entry.value, CacheStatus.STALE, age, 0.0, error=failure)
         fallback = entry if entry is not None and now - entry.created < entry.fresh + self.config.fail_safe_seconds else None
@@ -471,12 +477,13 @@ class ResultCache:
         return await asyncio.shield(task)
 
     def _revalidate(
-        self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], use_redis: bool
+        self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], use_redis: bool,
+        replacing: float,
     ) -> None:
-        """Recompute in the background, unless this process or another one already does."""
+        """Recompute in the background (the value computed at `replacing`), unless this process or another does."""
         flight = (key, generation)
         if flight not in self._flights:
-            self._start(flight, self._flight(namespace, key, generation, ttl, compute, use_redis, background=True))
+            self._start(flight, self._flight(namespace, key, generation, ttl, compute, use_redis, background=True, after=replacing))
 
     def _start(self, flight: tuple[str, int], work: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(work)
@@ -494,11 +501,11 @@ class ResultCache:
 
     async def _flight(
         self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]],
-        use_redis: bool, *, background: bool,
+        use_redis: bool, *, background: bool, after: float = 0.0,
     ) -> tuple[Any, float] | None:
         try:
             if use_redis:
-                found = await self._leased(namespace, key, generation, ttl, compute, background)
+                found = await self._leased(namespace, key, generation, ttl, compute, background, after)
                 if found is not None or background:
                     return found
             value, fresh, _ = await self._compute(namespace, key, ttl, compute)
@@ -522,7 +529,8 @@ class ResultCache:
         return value, fresh, time.perf_counter() - began
 
     async def _leased(
-        self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], background: bool
+        self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], background: bool,
+        after: float = 0.0,
     ) -> tuple[Any, float] | None:
         """Compute under the key's lease, or wait for its holder; None: compute without Redis."""
         # Per generation: after a refresh, the new computation must not wait for one of before it.
@@ -540,6 +548,14 @@ class ResultCache:
                 return None
             if acquired:
                 self._stop_waiting(key, waiter)
+                # The previous holder may have stored the value and let go between our lookup and now.
+                try:
+                    stored = await self._fresh_entry(key, generation, after)
+                except _Unavailable:
+                    stored = None  # we hold the lease: compute
+                if stored is not None:
+                    await self._release(lease, token, f"{key}|stored")
+                    return stored
                 metrics.lease(namespace, "acquired")
                 return await self._compute_leased(namespace, key, lease, token, generation, ttl, compute)
             if background:
@@ -561,10 +577,9 @@ class ResultCache:
         try:
             while True:
                 try:
-                    entry = self._decode(key, await self._call(self._redis.get, key))
-                    # Computed under this generation or a later one: at least as new as what was asked for.
-                    if entry is not None and entry.generation >= generation and self._clock() - entry.created < entry.fresh:
-                        return entry.value, entry.fresh - (self._clock() - entry.created)
+                    stored = await self._fresh_entry(key, generation)
+                    if stored is not None:
+                        return stored
                     remaining_ms = await self._call(self._redis.pttl, lease)
                 except _Unavailable:
                     if self._breaker.state is BreakerState.CLOSED:
@@ -587,6 +602,17 @@ class ResultCache:
                 waiter = self._wait_for(key)
         finally:
             self._stop_waiting(key, waiter)
+
+    async def _fresh_entry(self, key: str, generation: int, after: float = 0.0) -> tuple[Any, float] | None:
+        """(value, fresh seconds left) of a fresh entry computed under this generation or a later one
+        (so at least as new as what was asked for), and after `after` (a value being replaced early
+        does not count); raises _Unavailable."""
+        entry = self._decode(key, await self._call(self._redis.get, key))
+        if entry is None or entry.created <= after:
+            return None
+        if entry.generation >= generation and self._clock() - entry.created < entry.fresh:
+            return entry.value, entry.fresh - (self._clock() - entry.created)
+        return None
 
     async def _compute_leased(
         self, namespace: str, key: str, lease: str, token: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]]
@@ -869,7 +895,7 @@ class ResultCache:
         # Local entries may predate refreshes made through other processes while Redis was away.
         self._local.clear()
         self._local_failures.clear()
-        self._breaker.succeeded()
+        self._breaker.probe_succeeded()
         return True
 
     def _breaker_changed(self, previous: BreakerState, state: BreakerState) -> None:

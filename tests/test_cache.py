@@ -611,3 +611,76 @@ async def test_refused_connections_open_the_breaker_at_once(own_redis):
     await cache.get_or_compute("ns", PARTS, 60, Computation())
     assert cache.breaker_state is BreakerState.OPEN
     await cache.close()
+
+
+async def test_a_slow_call_answering_after_the_breaker_opened_does_not_close_it(redis_server):
+    """Only the probe closes the breaker: it first applies the refreshes made while Redis was out."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gql.cache import _Unavailable
+
+    cache = make_cache(redis_server.url, breaker_failures=3, retry_seconds=30)
+    await cache.get_or_compute("ns", PARTS, 600, Computation({"v": "old"}))
+
+    async def slow_but_fine():
+        await asyncio.sleep(0.3)
+        return await cache._redis.ping()
+
+    async def refused():
+        raise RedisConnectionError("refused")
+
+    in_flight = asyncio.ensure_future(cache._call(slow_but_fine))
+    await asyncio.sleep(0.01)
+    for _ in range(3):
+        with pytest.raises(_Unavailable):
+            await cache._call(refused)
+    assert cache.breaker_state is BreakerState.OPEN
+    await cache.invalidate("ns")  # a refresh while Redis is out
+    await in_flight
+    assert cache.breaker_state is BreakerState.OPEN
+    after = await cache.get_or_compute("ns", PARTS, 600, Computation({"v": "new"}))
+    assert after.value == {"v": "new"}
+    await cache.close()
+
+
+@pytest.mark.parametrize("late", ["lookup", "wait"])
+async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_again(redis_server, late):
+    """Process b misses (or, waiting, reads no entry) just before a stores and lets go of the lease;
+    b then gets the free lease, and must find the value rather than compute it again."""
+    a = make_cache(redis_server.url)
+    b = twin(a)
+    runs = []
+
+    def computation(who):
+        async def compute():
+            runs.append(who)
+            await asyncio.sleep(0.2)
+            return {"v": 1}
+
+        return compute
+
+    if late == "lookup":  # b is descheduled between its lookup and its try for the lease
+        lookup = b._lookup
+
+        async def slow_lookup(*args):
+            found = await lookup(*args)
+            await asyncio.sleep(0.3)
+            return found
+
+        b._lookup = slow_lookup
+    else:  # b's read of the entry happens just before a stores, its look at the lease just after
+        get = b._redis.get
+
+        async def slow_get(*args, **kwargs):
+            found = await get(*args, **kwargs)
+            if ":entry:" in str(args[0]):
+                await asyncio.sleep(0.25)
+            return found
+
+        b._redis.get = slow_get
+    first = asyncio.ensure_future(a.get_or_compute("ns", PARTS, 60, computation("a")))
+    await asyncio.sleep(0.05)
+    second = await b.get_or_compute("ns", PARTS, 60, computation("b"))
+    assert (await first).value == second.value and runs == ["a"]
+    for cache in (a, b):
+        await cache.close()
