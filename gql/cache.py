@@ -957,6 +957,14 @@ class ResultCache:
         except _Unavailable:
             return True
 
+    async def available(self) -> bool:
+        """Whether Redis is in use now; once the breaker's cool-down is over, this call probes it."""
+        return await self._usable()
+
+    def local_generations(self, namespaces: Sequence[str]) -> dict[str, int]:
+        """This process's own generations of `namespaces` (what `invalidate` bumps while Redis is away)."""
+        return {n: self._local_generations.get(n, 0) for n in namespaces}
+
     def key(self, *parts: str) -> str:
         """A key under this cache's prefix."""
         return ":".join((self.config.prefix, *parts))

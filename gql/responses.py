@@ -130,6 +130,8 @@ class ResponseCacheApp:
         self._memory_bytes = memory_bytes
         self._memory_used = 0
         self._pending: set[asyncio.Task] = set()
+        # While Redis is away: answers by response key, with this process's generations they were built under.
+        self._degraded: OrderedDict[str, tuple[StoredResponse, dict[str, int]]] = OrderedDict()
         self.hits = 0  # answers served from stored bytes
 
     async def drain(self) -> None:
@@ -167,9 +169,16 @@ class ResponseCacheApp:
             else None
         )
         cacheable = shape is not None and shape.cacheable
-        if not cacheable or not self.enabled or self.cache.state is not CacheState.OK:
+        if not cacheable or not self.enabled or self.cache.state is CacheState.DISABLED:
             await self._execute(scope, receive, send, request, cacheable, None)
             return
+        # (available() lets one request probe Redis once the breaker's cool-down is over.)
+        if self.cache.state is CacheState.DEGRADED and not await self.cache.available():
+            await self._serve_degraded(scope, receive, send, request, shape, operation_name)
+            return
+        if self._degraded:
+            # Redis is back: what was kept meanwhile may predate refreshes made through other processes.
+            self._degraded.clear()
         key = await self._key(shape, request.data.get("variables"), operation_name)
         looked_up = await self.cache.read(shape.namespaces, [self._keys(key)[META]])
         if looked_up is None:
@@ -181,6 +190,36 @@ class ResponseCacheApp:
             await self._answer(send, request, stored)
             return
         await self._execute(scope, receive, send, request, cacheable, (key, generations))
+
+    # -- while Redis is away ----------------------------------------------------------------------------
+
+    async def _serve_degraded(
+        self, scope: Scope, receive: Receive, send: Send, request: _Request, shape: QueryShape, operation_name: str | None
+    ) -> None:
+        """Whole responses kept in this process, under its own generations, while the breaker is open:
+        answers stay as fast as with Redis (they would otherwise all go through the resolvers)."""
+        key = await self._key(shape, request.data.get("variables"), operation_name)
+        generations = self.cache.local_generations(shape.namespaces)
+        kept = self._degraded.get(key)
+        if kept is not None and kept[1] == generations and kept[0].expires > time.time():
+            self._degraded.move_to_end(key)
+            await self._answer(send, request, kept[0])
+            return
+        await self._execute(scope, receive, send, request, True, None, keep_locally=(key, generations))
+
+    async def _keep_locally(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:
+        if len(stored.raw) > self._memory_bytes // 4:
+            return
+        try:
+            stored = await asyncio.get_running_loop().run_in_executor(None, stored.compressed)
+        except Exception:
+            log.exception("compressing a response failed")
+            return
+        self._degraded[key] = (stored, generations)
+        self._degraded.move_to_end(key)
+        # Within the same budget as the hot-response memory (which is not used meanwhile).
+        while sum(len(s.raw) + len(s.deflated) for s, _ in self._degraded.values()) > self._memory_bytes:
+            self._degraded.popitem(last=False)
 
     # -- hits ---------------------------------------------------------------------------------------
 
@@ -256,7 +295,7 @@ class ResponseCacheApp:
 
     async def _execute(
         self, scope: Scope, receive: Receive, send: Send, request: _Request, cacheable: bool,
-        store_as: tuple[str, dict[str, int]] | None,
+        store_as: tuple[str, dict[str, int]] | None, keep_locally: tuple[str, dict[str, int]] | None = None,
     ) -> None:
         """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
         outcome, in_worker = None, False
@@ -282,6 +321,10 @@ class ResponseCacheApp:
             await _send(send, 304, b"", headers)
         else:
             await _send(send, status, body, headers)
+        if keep_locally is not None:
+            task = asyncio.ensure_future(self._keep_locally(*keep_locally, stored))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
         if store_as is not None and self._may_store(stored):
             key, generations = store_as
             # After the answer is sent: compressing megabytes is the worker's job, or a thread's here.

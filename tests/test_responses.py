@@ -216,3 +216,29 @@ def test_without_redis_answers_come_from_execution(settings, own_redis):
         own_redis.stop()
         body = post(client, SMALL).json()
         assert "errors" not in body and body["data"]["yieldThisYear"]
+
+
+def test_while_redis_is_away_answers_are_kept_in_process_and_a_refresh_still_holds(settings, own_redis):
+    away = with_settings(settings, redis_url=own_redis.url, redis_breaker_failures=1, redis_retry_seconds=0.3)
+    with TestClient(create_app(away)) as client:
+        post(client, SMALL)
+        own_redis.stop()
+        first = post(client, SMALL)  # Redis fails: the breaker opens; answered through the resolvers
+        assert client.app.state.backend.cache.state.value == "degraded" and "errors" not in first.json()
+        post(client, SMALL)  # executed in this process, and kept
+        hits = response_hits(client)
+        second = post(client, SMALL)
+        third = post(client, SMALL, headers={"accept-encoding": "gzip"})
+        assert response_hits(client) == hits + 2  # from the bytes kept in this process
+        assert second.json()["data"] == third.json()["data"] == first.json()["data"]
+        assert third.headers["content-encoding"] == "gzip" and statuses(third.json()) == ["HIT"]
+        # A refresh while Redis is away: the kept answer is not served any more.
+        assert "errors" not in client.post("/graphql", json={"query": REFRESH}, headers=ADMIN).json()
+        after = post(client, SMALL)
+        assert statuses(after.json()) == ["REFRESHED"] and response_hits(client) == hits + 2
+        # Redis back: the kept answers are dropped (other processes may have refreshed meanwhile).
+        own_redis.start()
+        time.sleep(0.4)
+        back = post(client, SMALL)
+        assert client.app.state.backend.cache.state.value == "ok" and statuses(back.json()) == ["MISS"]
+        assert not client.app.state.responses._degraded
