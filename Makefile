@@ -22,7 +22,8 @@ test: $(STAMP)
 schema: $(STAMP)
 	$(PY) -m gql export-schema --output schema.graphql
 
-# Also installs flask, gunicorn (bench/requirements.txt) and wrk; BENCH_ARGS="--duration 2 --rounds 1" for a quick run.
+# Also installs flask, gunicorn (bench/requirements.txt) and wrk. Includes the Redis-fault and stampede runs of
+# bench/faults.py (bench/results/faults.md); BENCH_ARGS="--duration 2 --rounds 1 --faults quick" for a quick run.
 bench: $(STAMP)
 	sh bench/setup.sh $(PY)
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -6,11 +6,13 @@ data, then measures, in order:
   2. cold vs hit timings over HTTP on the service with all caches (sequential requests);
   3. hit latency at rest and during concurrent cold computations;
   4. in-process scaling of the cold chart computation with the number of indexes;
-  5. partial hits: chart variants from the cached daily series against from prices.
-Writes a Markdown report to bench/results/benchmark.md and prints it.
+  5. partial hits: chart variants from the cached daily series against from prices;
+  6. Redis faults and stampedes (bench/faults.py, on servers and redis-servers of its own): added latency while
+     Redis refuses connections or is frozen, and computations per burst of cold requests on several servers.
+Writes a Markdown report to bench/results/benchmark.md (and bench/results/faults.md, linked from it) and prints it.
 
-    make bench                                             # defaults: a few minutes
-    make bench BENCH_ARGS="--duration 2 --rounds 1"        # quicker
+    make bench                                                           # defaults: about 6 minutes
+    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick"       # quicker
     .venv/bin/python -m bench.run --help
 """
 
@@ -36,7 +38,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench import report
+from bench import faults, report
 from bench.ceiling_app import key_for as ceiling_key
 from bench.flask_app import key_for as flask_key
 from bench.load import sequential, timed_post, wrk
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             loaded = hit_latency_during_cold(full, payloads[0].body, last, args)
             load_during = os.getloadavg()[0]
         server_logs = {path.stem: path.read_text(errors="replace").splitlines() for path in sorted(workdir.glob("*.log"))}
+        faulted = None
+        if args.faults != "off":
+            _log(f"Redis faults and stampedes ({args.faults})")
+            faulted = faults.run(faults.settings(quick=args.faults == "quick"))
         _log("timing index_chart in process")
         scaling = cold_scaling(args.scaling_sizes, args.scaling_runs)
         partial = partial_hits(max(args.scaling_runs, 5))
@@ -108,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
                 "Ratios: this row's value over the ceiling's or Flask's for the same payload "
                 "(req/s: higher is better; p99: lower is better). Cache: the status a request got after each run.")
     command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    faults_file = args.output.parent / "faults.md"
+    if faulted is not None:
+        faults_file.write_text(faults.render(faulted, command.strip()), encoding="utf-8")
+        _log(f"wrote {faults_file}")
     text = report.render(
         [report.throughput_section(cells, settings), report.cold_hit_section(cold_hit),
          report.loaded_section(loaded, args.cold_clients, args.latency_seconds),
          report.scaling_section(scaling, args.scaling_runs), report.partial_hits_section(partial, max(args.scaling_runs, 5)),
+         faults.summary(faulted, faults_file.name) if faulted is not None else [],
          report.logs_section(server_logs)],
         command.strip(), time.monotonic() - began, (load_before, load_during),
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print(text)
     _log(f"wrote {args.output}")
@@ -139,7 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--scaling-sizes", type=lambda s: [int(n) for n in s.split(",")], default=[10, 100, 1000],
         help="index counts for the in-process scaling (default 10,100,1000)")
     add("--scaling-runs", type=int, default=3, help="runs per size, the median is reported (default 3)")
-    add("--output", type=Path, default=RESULTS / "benchmark.md", help="report file (default bench/results/benchmark.md)")
+    add("--faults", choices=("full", "quick", "off"), default="full",
+        help="Redis faults and stampedes (bench/faults.py): full (about 2 minutes), quick (a smoke run) or off (default full)")
+    add("--output", type=Path, default=RESULTS / "benchmark.md",
+        help="report file (default bench/results/benchmark.md; faults.md is written next to it)")
     return parser
 
 

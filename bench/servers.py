@@ -1,10 +1,11 @@
-"""The processes the benchmark starts: one redis-server and the HTTP variants, each on a free port."""
+"""The processes the benchmark starts: redis-servers and the HTTP variants, each on a free port."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -120,23 +121,91 @@ def redis_server(workdir: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def started(variant: Variant, workdir: Path) -> Iterator[Server]:
     """Runs one variant until the block ends; its output goes to `workdir/<key>.log`, shown if it fails to start."""
-    port = free_port()
-    # Our own settings only: GQL_* variables of the caller's shell would change what is measured.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GQL_")} | variant.env
-    log_path = workdir / f"{variant.key}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(variant.argv(port), cwd=variant.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with started_all([variant], workdir) as (server,):
+        yield server
+
+
+@contextlib.contextmanager
+def started_all(variants: list[Variant], workdir: Path) -> Iterator[list[Server]]:
+    """Runs several variants at once (they start in parallel) until the block ends; all are stopped together."""
+    running: list[tuple[Variant, subprocess.Popen, int, Path]] = []
     try:
-        try:
-            wait_until(lambda: _listening(port), f"variant {variant.key}", proc=proc)
-        except SystemExit:
-            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
-            raise
-        yield Server(variant, f"http://127.0.0.1:{port}")
+        for variant in variants:
+            port = free_port()
+            while port in {r[2] for r in running}:  # not bound yet by the servers launched before: pick another
+                port = free_port()
+            # Our own settings only: GQL_* variables of the caller's shell would change what is measured.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GQL_")} | variant.env
+            log_path = workdir / f"{variant.key}.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(variant.argv(port), cwd=variant.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((variant, proc, port, log_path))
+        for variant, proc, port, log_path in running:
+            try:
+                wait_until(lambda: _listening(port), f"variant {variant.key}", proc=proc)
+            except SystemExit:
+                print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
+        yield [Server(variant, f"http://127.0.0.1:{port}") for variant, _, port, _ in running]
     finally:
-        proc.terminate()
+        for _, proc, _, _ in running:
+            proc.terminate()
+        for _, proc, _, _ in running:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+class RedisProcess:
+    """A redis-server of our own (no persistence) on a port that stays the same across restarts, for fault drills:
+    `kill` (the port then refuses connections), `start` again (empty), `freeze` (SIGSTOP: connections are still
+    accepted by the kernel, never answered) and `thaw` (SIGCONT). Killed when the `with` block ends."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise SystemExit("redis-server is not on PATH (bench/setup.sh installs it)")
+        self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            wait_until(lambda: _listening(self.port), "redis-server", 15, self.proc)
+        except BaseException:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # SIGKILL ends a stopped process too
+            self.proc.wait(10)
+            self.proc, self.frozen = None, False
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.frozen:
+            self.proc.send_signal(signal.SIGCONT)
+            self.frozen = False
+
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
