@@ -727,8 +727,8 @@ def summary(result: FaultsResult, link: str = "faults.md") -> list[str]:
         "## Redis faults and stampedes",
         "",
         f"Method, every phase and the server logs: [{link}]({link}) (`python -m bench.faults`, {result.elapsed:.0f} s). "
-        "A: Redis healthy, whole-response cache (defaults); B: Redis healthy, resolvers in the server (the path taken "
-        "while Redis is away).",
+        "A: Redis healthy, whole-response cache (defaults); B: Redis healthy, resolvers in the server (the path "
+        "that queries not kept in memory take while Redis is away).",
         "",
         "| load | measurement | p99 ms | p99 − A ms | p99 − B ms | target | vs A | vs B |",
         "|---|---|---:|---:|---:|---|---|---|",
