@@ -470,11 +470,15 @@ class ResultCache:
     ) -> tuple[Any, float]:
         """Join this process's computation of the key, or start one; (value, fresh seconds)."""
         flight = (key, generation)
-        task = self._flights.get(flight)
-        if task is None:
-            task = self._start(flight, self._flight(namespace, key, generation, ttl, compute, use_redis, background=False))
-        # A caller that is cancelled (client gone) does not cancel the computation for the others.
-        return await asyncio.shield(task)
+        while True:
+            task = self._flights.get(flight)
+            if task is None:
+                task = self._start(flight, self._flight(namespace, key, generation, ttl, compute, use_redis, background=False))
+            # A caller that is cancelled (client gone) does not cancel the computation for the others.
+            found = await asyncio.shield(task)
+            if found is not None:
+                return found
+            # That was a background recomputation that left the work to another process: a caller needs the value.
 
     def _revalidate(
         self, namespace: str, key: str, generation: int, ttl: float, compute: Callable[[], Awaitable[Any]], use_redis: bool,
@@ -508,7 +512,7 @@ class ResultCache:
                 found = await self._leased(namespace, key, generation, ttl, compute, background, after)
                 if found is not None or background:
                     return found
-            value, fresh, _ = await self._compute(namespace, key, ttl, compute)
+            value, fresh, _ = await self._compute(namespace, ttl, compute)
             if self._local_generations.get(namespace, 0) == generation:
                 self._remember_locally(key, _Entry(generation, self._clock(), fresh, 0.0, value))
             return value, fresh
@@ -522,7 +526,7 @@ class ResultCache:
             )
             raise
 
-    async def _compute(self, namespace: str, key: str, ttl: float, compute: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float]:
+    async def _compute(self, namespace: str, ttl: float, compute: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float]:
         began = time.perf_counter()
         value = await self._timed(namespace, compute)
         fresh = ttl * (1.0 - random.uniform(0.0, self.config.ttl_jitter)) if self.config.ttl_jitter > 0 else ttl
@@ -619,7 +623,7 @@ class ResultCache:
     ) -> tuple[Any, float]:
         keeper = asyncio.ensure_future(self._keep_lease(lease, token))
         try:
-            value, fresh, duration = await self._compute(namespace, key, ttl, compute)
+            value, fresh, duration = await self._compute(namespace, ttl, compute)
         except _Refused:
             keeper.cancel()
             await self._release(lease, token, f"{key}|unstored")  # the waiters get the same refusal themselves

@@ -684,3 +684,16 @@ async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_aga
     assert (await first).value == second.value and runs == ["a"]
     for cache in (a, b):
         await cache.close()
+
+
+async def test_a_miss_that_joins_a_background_recomputation_left_to_another_process_still_gets_a_value(redis_server):
+    cache = make_cache(redis_server.url)
+    key = cache_key(cache.config.prefix, "ns", PARTS)
+    # Another process holds the lease (and dies): this process's background recomputation leaves it alone...
+    redis_server.client().set(cache._lease_key(key, "compute:0"), "other-process", px=300)
+    compute = Computation({"v": 1})
+    cache._revalidate("ns", key, 0, 60, compute, True, 0.0)
+    # ...and a miss arriving meanwhile joins that flight; it must not come back empty-handed.
+    value, _ = await asyncio.wait_for(cache._fill("ns", key, 0, 60, compute, True), timeout=5)
+    assert value == {"v": 1} and compute.runs == 1
+    await cache.close()
