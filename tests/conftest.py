@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -135,44 +136,74 @@ def anyio_backend() -> str:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextlib.contextmanager
-def running_server(redis_url: str, *args: str, log: Path | None = None, **env: str) -> Iterator[str]:
-    """`python -m gql serve` on a free port, as a user runs it; yields its base URL.
+class ServerProcess:
+    """`python -m gql serve` on a free port, as a user runs it, in its own process group (so that
+    teardown, or `kill`, reaches its query worker processes too).
 
     The environment is this one without GQL_* variables (a developer's must not change what tests
-    see), plus REDIS_URL, a private cache prefix, and `env`. Its own process group, so that teardown
-    ends its query worker processes too. Output goes to `log` when given.
+    see), plus REDIS_URL, a private cache prefix, and `env`. Output goes to `log` (a temporary file
+    when not given), shown when the server does not start.
     """
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
-    environ |= {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"srv-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning", **env}
-    output = log.open("wb") if log else subprocess.PIPE
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gql", "serve", "--port", str(port), *args],
-        cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
+
+    def __init__(self, redis_url: str, env: dict[str, str], args: tuple[str, ...] = (), log: Path | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
+        environ |= {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"srv-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning", **env}
+        self.prefix = environ["GQL_CACHE_PREFIX"]
+        self._own_log = log is None
+        self.log = Path(tempfile.mkstemp(prefix="gql-serve-", suffix=".log")[1]) if log is None else log
+        self._output = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gql", "serve", "--port", str(self.port), *args],
+            cwd=ROOT, env=environ, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, deadline: float) -> None:
         while True:
             try:
-                if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
+                if httpx2.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
             except httpx2.TransportError:
                 pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                said = log.read_text(errors="replace") if log else process.stdout.read().decode(errors="replace")
-                raise RuntimeError(f"server did not start:\n{said}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: the server and its query workers die mid-work."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # anything of its group still there
-        if log:
-            output.close()
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def reap(self) -> None:
+        """Wait for the server to end (after `terminate`), then end anything of its group still there."""
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._output.close()
+        if self._own_log:
+            self.log.unlink(missing_ok=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_server(redis_url: str, *args: str, log: Path | None = None, **env: str) -> Iterator[str]:
+    """A ServerProcess, ready; yields its base URL and stops it at the end."""
+    server = ServerProcess(redis_url, env, args, log)
+    try:
+        server.wait_ready(time.monotonic() + 60)
+        yield server.base
+    finally:
+        server.terminate()
+        server.reap()

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.conftest import free_port, running_server
+from tests.conftest import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "e2e-token"
@@ -81,31 +79,20 @@ def test_import_then_serve_real_layouts(tmp_path):
 def test_stopping_the_server_stops_its_worker_processes(redis_server):
     import signal
 
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_server.url, "GQL_CACHE_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "gql", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = ServerProcess(redis_server.url, {})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        children = _descendants(process.pid)
+        server.wait_ready(time.monotonic() + 60)
+        children = _descendants(server.process.pid)
         assert children, "the server runs at least one query worker process"
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        server.process.send_signal(signal.SIGTERM)  # the server alone, not its process group
+        server.process.wait(30)
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [pid for pid in children if _alive(pid)], "worker processes outlived the server"
     finally:
-        if process.poll() is None:
-            process.kill()
+        server.terminate()
+        server.reap()
 
 
 def _descendants(pid: int) -> list[int]:

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +22,7 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, RedisServer, free_port
+from tests.conftest import RedisServer, ServerProcess
 
 YIELD = "{ yieldThisYear { code yieldPct } }"
 YIELD_HSI = '{ yieldThisYear(codes: ["HSI"]) { code yieldPct } }'
@@ -41,71 +37,15 @@ TIMEOUT = 15.0
 # --- servers --------------------------------------------------------------------------------------
 
 
-class Server:
-    """`python -m gql serve` on a free port, in its own process group (with its query worker processes).
-
-    Modelled on tests/conftest.py's running_server, but it keeps the process so that a test can kill it.
-    Exact lifetimes unless a test says otherwise: no TTL jitter, no early refresh.
-    """
-
-    def __init__(self, redis_url: str, log: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
-        environ |= {
-            "REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"res-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning",
-            "GQL_CACHE_TTL_JITTER": "0", "GQL_CACHE_EARLY_REFRESH": "0", **env,
-        }
-        self.prefix = environ["GQL_CACHE_PREFIX"]
-        self._output = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gql", "serve", "--port", str(self.port)],
-            cwd=ROOT, env=environ, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_ready(self, deadline: float) -> None:
-        while True:
-            try:
-                if httpx2.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once: the server and its query workers die mid-work."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-
-    def reap(self) -> None:
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # anything of its group still there
-        self._output.close()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @contextlib.contextmanager
-def servers(redis_url: str, tmp_path: Path, count: int = 1, **env: str) -> Iterator[list[Server]]:
+def servers(redis_url: str, tmp_path: Path, count: int = 1, **env: str) -> Iterator[list[ServerProcess]]:
     """`count` servers started at once (startup is mostly loading the data), stopped at the end."""
-    started: list[Server] = []
+    started: list[ServerProcess] = []
     try:
         for i in range(count):
-            started.append(Server(redis_url, tmp_path / f"server-{i}.log", env))
+            # Exact lifetimes unless a test says otherwise: no TTL jitter, no early refresh.
+            exact = {"GQL_CACHE_TTL_JITTER": "0", "GQL_CACHE_EARLY_REFRESH": "0", **env}
+            started.append(ServerProcess(redis_url, exact, log=tmp_path / f"server-{i}.log"))
         deadline = time.monotonic() + 60
         for server in started:
             server.wait_ready(deadline)
@@ -171,7 +111,7 @@ def metric(base: str, name: str, **labels: str) -> float:
     )
 
 
-def computations(fleet: list[Server]) -> float:
+def computations(fleet: list[ServerProcess]) -> float:
     return sum(metric(s.base, "gql_computations_total", field=FIELD) for s in fleet)
 
 
@@ -242,7 +182,7 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(redis_server,
                  GQL_FAULT_COMPUTE_DELAY="2.0") as (a, b):
         outcome: dict[str, Any] = {}
 
-        def ask(name: str, server: Server) -> None:
+        def ask(name: str, server: ServerProcess) -> None:
             try:
                 outcome[name] = httpx2.post(f"{server.base}/graphql", json={"query": YIELD}, timeout=TIMEOUT)
             except httpx2.TransportError as exc:
