@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -58,6 +60,14 @@ class IndexHistory:
     def last_date(self) -> dt.date:
         return self.closes.index[-1].date()
 
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """A digest of the metadata and every close (computed once: a reload reuses unchanged histories)."""
+        digest = hashlib.sha256(json.dumps([self.meta.code, self.meta.name, self.meta.source]).encode())
+        digest.update(self.closes.index.as_unit("ns").asi8.tobytes())
+        digest.update(self.closes.to_numpy(dtype="float64").tobytes())
+        return digest.digest()
+
 
 class PriceStore:
     """The loaded price history of every index, in data-set order, with a version of its content."""
@@ -94,12 +104,10 @@ def make_closes(dates: Iterable, closes: Iterable[float]) -> pd.Series:
 
 
 def _content_version(histories: list[IndexHistory]) -> str:
+    """The data version: a digest of the content only, so equal data has one version in every process."""
     digest = hashlib.sha256()
     for history in histories:
-        meta = history.meta
-        digest.update(json.dumps([meta.code, meta.name, meta.source]).encode())
-        digest.update(history.closes.index.as_unit("ns").asi8.tobytes())
-        digest.update(history.closes.to_numpy(dtype="float64").tobytes())
+        digest.update(history.digest)
     return digest.hexdigest()[:16]
 
 
@@ -141,11 +149,30 @@ def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
 
 def read_index_file(path: Path) -> IndexHistory:
     """Read one normalized file, checking what the importer guarantees."""
+    return _read_index_file(path)[0]
+
+
+FileStamp = tuple[int, int, int]  # size, mtime (ns), inode: a replaced or edited file has another one
+
+
+def _read_index_file(path: Path) -> tuple[IndexHistory, FileStamp]:
+    """The history in one file, and the stamp of the very file that was read.
+
+    The file is opened once: an import that replaces it meanwhile (a rename) cannot mix the header of
+    one version with the rows of the next.
+    """
     try:
-        with path.open(encoding="utf-8") as src:
-            first = src.readline()
+        with path.open("rb") as src:
+            stat = os.fstat(src.fileno())
+            content = src.read()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); use `python -m gql import` to convert a CSV") from None
+    first, _, rest = text.partition("\n")
     if not first.startswith("# "):
         raise DataError(f"{path}, line 1: not a normalized index file (expected a '# {{...}}' header); "
                         "use `python -m gql import` to convert a CSV")
@@ -158,7 +185,7 @@ def read_index_file(path: Path) -> IndexHistory:
         raise DataError(f"{path}: file name does not match its code {meta.code!r}")
     try:
         # Blank lines kept (as empty rows) so that row numbers stay line numbers.
-        frame = pd.read_csv(path, skiprows=1, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        frame = pd.read_csv(io.StringIO(rest), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     if list(frame.columns) != ["date", "close"] or frame.empty:
@@ -176,61 +203,92 @@ def read_index_file(path: Path) -> IndexHistory:
         row = int(np.flatnonzero(steps <= 0)[0]) + 1
         raise DataError(f"{path}, line {row + 3}: date {frame['date'].iloc[row]} is not after the line before; "
                         "dates must be unique and in ascending order")
-    return IndexHistory(meta, series)
+    return IndexHistory(meta, series), stamp
 
 
 def load_directory(data_dir: Path) -> PriceStore:
+    return PriceSource(data_dir).store
+
+
+def _index_files(data_dir: Path) -> list[os.DirEntry]:
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist; create it with `python -m gql import`")
-    files = sorted(p for p in data_dir.iterdir() if p.suffix == SUFFIX and not p.name.startswith("."))
-    if not files:
+    try:
+        entries = sorted((e for e in os.scandir(data_dir) if e.name.endswith(SUFFIX) and not e.name.startswith(".")),
+                         key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"data directory {data_dir}: cannot list it: {exc.strerror}") from None
+    if not entries:
         raise DataError(f"data directory {data_dir} holds no index files ({SUFFIX}); "
                         "add some with `python -m gql import FILE --code CODE --name NAME`")
-    return PriceStore(read_index_file(p) for p in files)
+    return entries
+
+
+def _stamp(entry: os.DirEntry) -> FileStamp | None:
+    try:
+        stat = entry.stat()
+    except OSError:
+        return None  # removed since it was listed
+    return stat.st_size, stat.st_mtime_ns, entry.inode()
 
 
 def load_store(data_dir: Path | None) -> PriceStore:
     """The configured data: the files in `data_dir`, or the built-in synthetic sample when it is None."""
-    if data_dir is None:
-        from gql.sample import generate_sample
-
-        return PriceStore(generate_sample())
-    return load_directory(data_dir)
+    return PriceSource(data_dir).store
 
 
 def directory_signature(data_dir: Path | None) -> tuple:
-    """Cheap fingerprint (names, sizes, mtimes) that changes when any index file is replaced or edited."""
+    """Cheap fingerprint (names, sizes, mtimes, inodes) that changes when any index file is replaced or edited."""
     if data_dir is None:
         return ()
     try:
         entries = sorted(os.scandir(data_dir), key=lambda e: e.name)
     except OSError:
         return ("missing",)
-    return tuple(
-        (e.name, e.stat().st_size, e.stat().st_mtime_ns)
-        for e in entries
-        if e.name.endswith(SUFFIX) and not e.name.startswith(".")
-    )
+    return tuple((e.name, _stamp(e)) for e in entries if e.name.endswith(SUFFIX) and not e.name.startswith("."))
 
 
 class PriceSource:
-    """The current PriceStore of a configuration, reloaded when the files under it change."""
+    """The current PriceStore of a configuration, reloaded when the files under it change.
+
+    A reload is all or nothing: one bad file and the whole data set stays as it was (DataError says
+    which file and what is wrong). It reads only the files whose stamp changed; the others, and their
+    digests, are reused.
+    """
 
     def __init__(self, data_dir: Path | None) -> None:
         self.data_dir = data_dir
-        self._signature = directory_signature(data_dir)
-        self.store = load_store(data_dir)
+        self._files: dict[str, tuple[FileStamp, IndexHistory]] = {}
+        self._tried = directory_signature(data_dir)
+        self.store = self._load()
 
     @property
     def description(self) -> str:
         return "synthetic sample" if self.data_dir is None else str(self.data_dir)
 
     def changed(self) -> bool:
-        return directory_signature(self.data_dir) != self._signature
+        """Whether the files differ from what the last reload (good or bad) saw."""
+        return self.data_dir is not None and directory_signature(self.data_dir) != self._tried
 
     def reload(self) -> PriceStore:
         """Load the files again; on a bad file the previous data stays in use and DataError is raised."""
-        signature = directory_signature(self.data_dir)
-        store = load_store(self.data_dir)
-        self.store, self._signature = store, signature
+        self._tried = directory_signature(self.data_dir)
+        self.store = self._load()
+        return self.store
+
+    def _load(self) -> PriceStore:
+        if self.data_dir is None:
+            from gql.sample import generate_sample
+
+            return PriceStore(generate_sample())
+        files: dict[str, tuple[FileStamp, IndexHistory]] = {}
+        for entry in _index_files(self.data_dir):
+            known = self._files.get(entry.name)
+            if known is not None and known[0] == _stamp(entry):
+                files[entry.name] = known
+                continue
+            history, stamp = _read_index_file(Path(entry.path))
+            files[entry.name] = (stamp, history)
+        store = PriceStore(history for _, history in files.values())
+        self._files = files
         return store
