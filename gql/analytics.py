@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
 import math
 import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
@@ -21,10 +19,6 @@ from gql.data import PriceStore
 TRADING_DAYS_PER_YEAR = 252
 _NS_PER_DAY = 86_400 * 10**9
 _EPOCH = dt.date(1970, 1, 1)
-
-# Changes whenever this file changes, so cached results of older code are never read back.
-CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-
 
 class Frequency(enum.Enum):
     DAILY = "DAILY"

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import os
 import time
 import logging
 from collections.abc import AsyncIterator
@@ -32,7 +33,7 @@ from strawberry.types import ExecutionResult
 from gql import __version__
 from gql.cache import CacheState, ResultCache, cache_config
 from gql.config import Settings
-from gql.data import PriceSource
+from gql.feed import DataFeed
 from gql.logs import (
     REQUEST_ID_HEADER,
     access_log,
@@ -42,7 +43,7 @@ from gql.logs import (
     request_id,
     request_summary,
 )
-from gql.responses import ResponseCacheApp, record_result, replaying
+from gql.responses import SNAPSHOT_SCOPE_KEY, ResponseCacheApp, record_result, replaying
 from gql.schedule import parse_time_of_day, run_daily
 from gql.schema import CACHED_FIELDS, Backend, CacheTarget, Context, build_schema, refresh
 from gql.workers import QueryWorkers
@@ -55,7 +56,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 class _GraphQLApp(GraphQL):
     async def get_context(self, request: Request, response: Response | None = None) -> Context:
-        return Context(request=request, backend=request.app.state.backend)
+        backend: Backend = request.app.state.backend
+        # The snapshot the response layer took for this request (it named it in the cache key).
+        snapshot = request.scope.get(SNAPSHOT_SCOPE_KEY) or backend.feed.current
+        return Context(request=request, backend=backend, snapshot=snapshot)
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         response = await super().process_result(request, result)
@@ -79,12 +83,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     cache = ResultCache(cache_config(settings))
     workers = QueryWorkers(settings, settings.query_processes) if settings.query_processes else None
 
-    async def data_version() -> str:
-        return (await app.state.backend.store()).version
+    def feed() -> DataFeed:
+        return app.state.backend.feed
 
     graphql = ResponseCacheApp(
         _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None),
-        cache, data_version, CACHED_FIELDS, workers=workers,
+        cache, feed, CACHED_FIELDS, workers=workers,
         enabled=settings.response_cache, max_entry_bytes=settings.cache_max_entry_bytes, memory_bytes=settings.response_memory_bytes, apq_ttl=settings.apq_ttl,
     )
 
@@ -92,9 +96,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="gql-compute")
         tasks: list[asyncio.Task] = []
+        data: DataFeed | None = None
         try:
-            prices = await _in_pool(pool, PriceSource, settings.data_dir)
-            app.state.backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
+            data = await DataFeed.open(settings.data_dir)
+            app.state.backend = Backend(settings=settings, feed=data, cache=cache, pool=pool)
             app.state.responses = graphql
             state = await cache.check()
             await cache.warm()
@@ -106,14 +111,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await workers.warm()
             if settings.refresh_at:
                 tasks.append(asyncio.create_task(_scheduled_refresh(app.state.backend, settings)))
+            if settings.data_watch:
+                data.start()
             log.info(
                 "serving %d indexes from %s (data version %s); cache %s",
-                len(prices.store), prices.description, prices.store.version, state.value,
+                len(data.current), data.description, data.current.version, state.value,
             )
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            if data is not None:
+                await data.close()
             await graphql.drain()
             # Recomputations and stores under way get a moment to finish; close() cancels the rest.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -126,11 +135,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         backend: Backend = request.app.state.backend
         state = await backend.cache.check()
-        store = backend.prices.store
+        data = backend.feed
+        store = data.current
         return JSONResponse(
             {
                 "status": "ok" if state is not CacheState.DEGRADED else "degraded",
                 "version": __version__,
+                "process": os.getpid(),
                 "cache": {
                     "state": state.value,
                     "detail": {
@@ -140,11 +151,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     }[state],
                 },
                 "data": {
-                    "source": backend.prices.description,
+                    "source": data.description,
                     "version": store.version,
                     "indexes": len(store),
                     "firstDate": store.first_date.isoformat(),
                     "lastDate": store.last_date.isoformat(),
+                    # Why the latest change of the data could not be loaded (the version above is still served).
+                    "problem": data.problem,
                 },
             }
         )
@@ -155,10 +168,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if backend is None:
             return JSONResponse({"ready": False, "reason": "starting: the data is not loaded yet"}, status_code=503)
         state = await backend.cache.check()
-        store = backend.prices.store
+        store = backend.feed.current
         return JSONResponse({
             "ready": True,
-            "data": {"source": backend.prices.description, "version": store.version, "indexes": len(store),
+            "process": os.getpid(),
+            "data": {"source": backend.feed.description, "version": store.version, "indexes": len(store),
                      "lastDate": store.last_date.isoformat()},
             "cache": state.value,
         })
@@ -310,14 +324,11 @@ async def _scheduled_refresh(backend: Backend, settings: Settings) -> None:
         # Every worker process of the fleet wakes up; the first to claim the slot refreshes.
         if not await backend.cache.claim(backend.cache.key("scheduled-refresh", slot.isoformat()), 3600):
             return
-        done = await refresh(backend, list(CacheTarget))
-        log.warning("scheduled refresh for %s done: durations_ms=%s", slot.isoformat(), ",".join(f"{d:.1f}" for d, _ in done))
+        store, done = await refresh(backend, list(CacheTarget))
+        log.warning("scheduled refresh for %s done: data_version=%s durations_ms=%s", slot.isoformat(), store.version,
+                    ",".join(f"{d:.1f}" for d, _ in done))
 
     await run_daily(parse_time_of_day(settings.refresh_at), ZoneInfo(settings.timezone), job)
-
-
-async def _in_pool(pool: ThreadPoolExecutor, fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 def __getattr__(name: str) -> Starlette:

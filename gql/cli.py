@@ -138,12 +138,13 @@ async def _warm_async(settings: Settings) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from gql.cache import CacheState, ResultCache, cache_config
-    from gql.data import DataError, PriceSource
+    from gql.data import DataError
+    from gql.feed import DataFeed
     from gql.schema import CHART_NAMESPACE, YIELD_NAMESPACE, Backend, CacheTarget, refresh
 
     redis_at = f"Redis at {_without_password(settings.redis_url)}"
     try:
-        prices = PriceSource(settings.data_dir)
+        data = await DataFeed.open(settings.data_dir)  # no watcher: the run is over in seconds
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -157,15 +158,15 @@ async def _warm_async(settings: Settings) -> int:
         if await cache.check() is not CacheState.OK:
             print(_no_effect(redis_at), file=sys.stderr)
             return 1
-        store = prices.store
+        store = data.current
         print(
             f"warming {redis_at} (key prefix {settings.cache_prefix!r}) with {len(store)} indexes from "
-            f"{prices.description}, data version {store.version}"
+            f"{data.description}, data version {store.version}"
         )
-        backend = Backend(settings=settings, prices=prices, cache=cache, pool=pool)
+        backend = Backend(settings=settings, feed=data, cache=cache, pool=pool)
         targets = list(CacheTarget)
         namespaces = {CacheTarget.INDEX_CHART: CHART_NAMESPACE, CacheTarget.YIELD_THIS_YEAR: YIELD_NAMESPACE}
-        durations = [ms for ms, _ in await refresh(backend, targets, invalidate=False)]
+        durations = [ms for ms, _ in (await refresh(backend, targets, invalidate=False))[1]]
         await cache.drain()  # values are stored after they are returned
         computed = dict(cache.computations)
         # A value can be computed and yet not stored (over GQL_CACHE_MAX_ENTRY_BYTES, a failed write):
@@ -191,6 +192,7 @@ async def _warm_async(settings: Settings) -> int:
             return 1
         return 0
     finally:
+        await data.close()
         await cache.close()
         pool.shutdown(wait=False, cancel_futures=True)
 

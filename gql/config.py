@@ -33,6 +33,8 @@ class Settings:
     # ...for this many seconds, then probe Redis again.
     redis_retry_seconds: float = 5.0
     data_dir: Path | None = None
+    # Follow GQL_DATA_DIR with a file watcher (false: changes are picked up only by refreshCache).
+    data_watch: bool = True
     cache_enabled: bool = True
     cache_prefix: str = "gql"
     chart_ttl: float = 3600.0

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -37,9 +37,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gql import metrics
 from gql.cache import CacheState, ResultCache
+from gql.data import PriceStore
+from gql.feed import DATA_EPOCH, DataFeed
 from gql.logs import note, request_id
 from gql import stored as stored_entries
-from gql.stored import DEFLATE, META, RAW, SOURCE_VERSION, StoredResponse, body_tail, gzip_body
+from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
+from gql.versions import CODE_VERSION
 from gql.workers import Job, QueryWorkers
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,7 @@ class ResponseCacheApp:
         self,
         app: ASGIApp,
         cache: ResultCache,
-        data_version: Callable[[], Awaitable[str]],
+        feed: Callable[[], DataFeed],
         cached_fields: frozenset[str],
         *,
         workers: QueryWorkers | None = None,
@@ -121,7 +124,7 @@ class ResponseCacheApp:
         self.workers = workers
         self.max_entry_bytes = max_entry_bytes
         self.cache = cache
-        self.data_version = data_version
+        self.feed = feed
         self.cached_fields = cached_fields
         self.enabled = enabled
         self.apq_ttl = apq_ttl
@@ -153,6 +156,7 @@ class ResponseCacheApp:
             await _send_json(send, 400, _error(str(exc), "BAD_REQUEST"), {"cache-control": "no-store"})
             return
         if request is None:  # not a single JSON operation (a batch, a form, GraphiQL)
+            scope[SNAPSHOT_SCOPE_KEY] = await self._snapshot()
             await self.app(scope, replaying(receive, body), send)
             return
         refusal = await self._resolve_persisted_query(request)
@@ -170,7 +174,7 @@ class ResponseCacheApp:
         )
         cacheable = shape is not None and shape.cacheable
         if not cacheable or not self.enabled or self.cache.state is CacheState.DISABLED:
-            await self._execute(scope, receive, send, request, cacheable, None)
+            await self._execute(scope, receive, send, request, cacheable, await self._snapshot(), None)
             return
         # (available() lets one request probe Redis once the breaker's cool-down is over.)
         if self.cache.state is CacheState.DEGRADED and not await self.cache.available():
@@ -179,17 +183,36 @@ class ResponseCacheApp:
         if self._degraded:
             # Redis is back: what was kept meanwhile may predate refreshes made through other processes.
             self._degraded.clear()
-        key = await self._key(shape, request.data.get("variables"), operation_name)
-        looked_up = await self.cache.read(shape.namespaces, [self._keys(key)[META]])
+        variables = request.data.get("variables")
+        snapshot = self.feed().current
+        key = self._key(shape, variables, operation_name, snapshot)
+        # The data epoch comes in the same round trip as the stored answer's meta.
+        looked_up = await self.cache.read((DATA_EPOCH, *shape.namespaces), [self._keys(key)[META]])
+        if looked_up is not None:
+            generations, (raw_meta,) = looked_up
+            latest = await self.feed().catch_up(generations.pop(DATA_EPOCH))
+            if latest.version != snapshot.version:  # the data changed: the key names the new version
+                snapshot, key = latest, self._key(shape, variables, operation_name, latest)
+                looked_up = await self.cache.read(shape.namespaces, [self._keys(key)[META]])
         if looked_up is None:
-            await self._execute(scope, receive, send, request, cacheable, None)
+            await self._execute(scope, receive, send, request, cacheable, snapshot, None)
             return
         generations, (raw_meta,) = looked_up
         stored = await self._stored(key, raw_meta, generations)
         if stored is not None:
-            await self._answer(send, request, stored)
+            await self._answer(send, request, stored, snapshot.version)
             return
-        await self._execute(scope, receive, send, request, cacheable, (key, generations))
+        await self._execute(scope, receive, send, request, cacheable, snapshot, (key, generations))
+
+    async def _snapshot(self) -> PriceStore:
+        """The data to answer from: the feed's current snapshot, once it has caught up with the fleet's data
+        epoch (one bounded Redis read; without Redis, the file watcher alone keeps the feed current)."""
+        feed = self.feed()
+        if self.cache.state is CacheState.OK:
+            looked_up = await self.cache.read((DATA_EPOCH,), [])
+            if looked_up is not None:
+                return await feed.catch_up(looked_up[0][DATA_EPOCH])
+        return feed.current
 
     # -- while Redis is away ----------------------------------------------------------------------------
 
@@ -198,14 +221,15 @@ class ResponseCacheApp:
     ) -> None:
         """Whole responses kept in this process, under its own generations, while the breaker is open:
         answers stay as fast as with Redis (they would otherwise all go through the resolvers)."""
-        key = await self._key(shape, request.data.get("variables"), operation_name)
+        snapshot = self.feed().current
+        key = self._key(shape, request.data.get("variables"), operation_name, snapshot)
         generations = self.cache.local_generations(shape.namespaces)
         kept = self._degraded.get(key)
         if kept is not None and kept[1] == generations and kept[0].expires > time.time():
             self._degraded.move_to_end(key)
-            await self._answer(send, request, kept[0])
+            await self._answer(send, request, kept[0], snapshot.version)
             return
-        await self._execute(scope, receive, send, request, True, None, keep_locally=(key, generations))
+        await self._execute(scope, receive, send, request, True, snapshot, None, keep_locally=(key, generations))
 
     async def _keep_locally(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:
         if len(stored.raw) > self._memory_bytes // 4:
@@ -250,7 +274,7 @@ class ResponseCacheApp:
         self._remember(key, raw_meta, stored, generations)
         return stored
 
-    async def _answer(self, send: Send, request: _Request, stored: StoredResponse) -> None:
+    async def _answer(self, send: Send, request: _Request, stored: StoredResponse, data_version: str) -> None:
         self.hits += 1
         metrics.RESPONSE_HITS.inc()
         for _, field, _, _ in stored.fields:
@@ -269,7 +293,7 @@ class ResponseCacheApp:
             return
         report = stored.report(now)
         note(cache=report)
-        tail = body_tail(report)
+        tail = body_tail(report, data_version)
         if gzip:
             body = gzip_body(stored.deflated, stored.crc, len(stored.raw), tail)
             headers["content-encoding"] = "gzip"
@@ -294,17 +318,18 @@ class ResponseCacheApp:
     # -- misses ---------------------------------------------------------------------------------------
 
     async def _execute(
-        self, scope: Scope, receive: Receive, send: Send, request: _Request, cacheable: bool,
+        self, scope: Scope, receive: Receive, send: Send, request: _Request, cacheable: bool, snapshot: PriceStore,
         store_as: tuple[str, dict[str, int]] | None, keep_locally: tuple[str, dict[str, int]] | None = None,
     ) -> None:
-        """Execute the query, add HTTP caching headers to the answer, store it when it may be stored."""
+        """Execute the query on `snapshot`, add HTTP caching headers to the answer, store it when it may be stored."""
         outcome, in_worker = None, False
         # Only while Redis is in use: then a refresh reaches the workers (through Redis generations).
         if cacheable and self.workers is not None and self.cache.state is CacheState.OK and not self.cache.failed_in_this_request():
-            outcome = await self._in_worker(request)
+            outcome = await self._in_worker(request, snapshot)
             in_worker = outcome is not None
         if outcome is None:
-            outcome = await self._in_server(scope, receive, cacheable)
+            scope[SNAPSHOT_SCOPE_KEY] = snapshot
+            outcome = await self._in_server(scope, receive, cacheable, snapshot)
         status, headers, body, stored = outcome
         if stored is None:
             headers.setdefault("cache-control", "no-store")
@@ -342,7 +367,7 @@ class ResponseCacheApp:
         metrics.RESPONSE_MISSES.inc()
         return True
 
-    async def _in_server(self, scope: Scope, receive: Receive, cacheable: bool) -> _Outcome:
+    async def _in_server(self, scope: Scope, receive: Receive, cacheable: bool, snapshot: PriceStore) -> _Outcome:
         status, headers, body = await _capture(self.app, scope, receive)
         results = scope.get(RESULTS_SCOPE_KEY, [])
         note(cache=[e for _, response in results for e in (response.get("extensions") or {}).get("cache") or ()])
@@ -350,14 +375,15 @@ class ResponseCacheApp:
         if not report:
             return status, headers, body, None
         raw = b'{"data":' + orjson.dumps(results[0][1]["data"])
-        return status, headers, body, StoredResponse.from_report(raw, report)
+        return status, headers, body, StoredResponse.from_report(raw, report, snapshot.version)
 
-    async def _in_worker(self, request: _Request) -> _Outcome | None:
+    async def _in_worker(self, request: _Request, snapshot: PriceStore) -> _Outcome | None:
         variables = request.data.get("variables")
         if not isinstance(variables, (dict, type(None))):
             return None  # the GraphQL app answers that with its own error
-        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get())
-        answer = await self.workers.execute(job)
+        assert self.workers is not None
+        job = Job(request.data["query"], variables, request.data.get("operationName"), request_id.get(), snapshot.version)
+        answer = await self.workers.execute(job, snapshot)
         if answer is None:
             return None
         note(cache=answer.report)
@@ -376,10 +402,11 @@ class ResponseCacheApp:
 
     # -- keys and persisted queries ------------------------------------------------------------------
 
-    async def _key(self, shape: QueryShape, variables: Any, operation_name: str | None) -> str:
+    @staticmethod
+    def _key(shape: QueryShape, variables: Any, operation_name: str | None, snapshot: PriceStore) -> str:
         parts = {
-            "q": shape.normalized, "v": variables, "op": operation_name, "data": await self.data_version(),
-            "code": SOURCE_VERSION,  # answers of older code are never served after a deploy
+            "q": shape.normalized, "v": variables, "op": operation_name, "data": snapshot.version,
+            "code": CODE_VERSION,  # answers of older code are never served after a deploy
         }
         return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
@@ -414,6 +441,8 @@ class ResponseCacheApp:
 
 
 RESULTS_SCOPE_KEY = "gql.results"
+# The data snapshot of the request, for the GraphQL app's context (every field is answered from it).
+SNAPSHOT_SCOPE_KEY = "gql.snapshot"
 
 
 def record_result(scope: Scope, has_errors: bool, response: dict[str, Any]) -> None:
@@ -519,7 +548,7 @@ def _cache_report(results: list[tuple[bool, dict[str, Any]]]) -> list[dict[str, 
         return None
     has_errors, response = results[0]
     extensions = response.get("extensions") or {}
-    if has_errors or "data" not in response or set(extensions) != {"cache"}:
+    if has_errors or "data" not in response or set(extensions) != {"cache", "dataVersion"}:
         return None
     return extensions["cache"] if stored_entries.storable(extensions["cache"]) else None
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -29,18 +29,18 @@ from gql import analytics
 from gql.cache import CacheResult, CacheStatus, ComputationError, ResultCache
 from gql.columns import ColumnarExecutionContext, ColumnarList
 from gql.config import Settings
-from gql.data import DataError, PriceSource, PriceStore
+from gql.data import PriceStore
+from gql.feed import DATA_EPOCH, DataFeed
 from gql.errors import COMPUTATION_FAILED, FORBIDDEN, ApiError, AuthError, ErrorPolicy, UserInputError, is_unexpected
 from gql.logs import request_id
 from gql.limits import limit_extensions
 from gql.schedule import parse_time_of_day, seconds_until_publication
+from gql.versions import CODE_VERSION
 
 log = logging.getLogger(__name__)
 
 CHART_NAMESPACE = "indexChart"
 YIELD_NAMESPACE = "yieldThisYear"
-# How often a request may look at the data directory for changed files.
-DATA_CHECK_SECONDS = 1.0
 
 
 # --- what resolvers work with -------------------------------------------------------------------
@@ -48,14 +48,16 @@ DATA_CHECK_SECONDS = 1.0
 
 @dataclass
 class Backend:
-    """What the resolvers need: settings, the price data, the cache and the pool for pandas work."""
+    """What the resolvers need: settings, the data feed, the cache and the pool for pandas work.
+
+    Resolvers read the data from their request's snapshot (`Context.snapshot`), never from the feed.
+    The feed is None in a query worker process, which gets its snapshots from the server.
+    """
 
     settings: Settings
-    prices: PriceSource
+    feed: DataFeed | None
     cache: ResultCache
     pool: Executor
-    _next_data_check: float = 0.0
-    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def ttl(self, fixed: float) -> float:
         """How long a result stays fresh: `fixed` seconds, or until the next data publication."""
@@ -77,24 +79,6 @@ class Backend:
             return await self.run(_with_faults, settings.fault_compute_delay, settings.fault_compute_fail_file, fn, *args)
         return await self.run(fn, *args)
 
-    async def store(self, force_check: bool = False) -> PriceStore:
-        """The current data, reloaded first if its files changed (checked at most once a second)."""
-        now = time.monotonic()
-        if force_check or now >= self._next_data_check:
-            self._next_data_check = now + DATA_CHECK_SECONDS
-            if self.prices.changed():
-                async with self._reload_lock:
-                    if self.prices.changed():
-                        await self._reload()
-        return self.prices.store
-
-    async def _reload(self) -> None:
-        try:
-            store = await self.run(self.prices.reload)
-            log.info("data reloaded from %s: version %s", self.prices.description, store.version)
-        except DataError as exc:
-            log.error("data not reloaded, still serving version %s: %s", self.prices.store.version, exc)
-
 
 class InjectedFault(RuntimeError):
     """Raised by computations while GQL_FAULT_COMPUTE_FAIL_FILE exists (drills and tests)."""
@@ -112,6 +96,7 @@ def _with_faults(delay: float, fail_file: Path | None, fn: Callable[..., Any], *
 class Context:
     request: Request | None  # None in a query worker process (gql/workers.py), which serves only queries
     backend: Backend
+    snapshot: PriceStore  # the data of this request: every field is answered from it
 
 
 # The cache entries of the operation being executed. A context variable rather than a Context
@@ -137,7 +122,8 @@ def _report(info: Info, result: CacheResult) -> None:
 
 
 class CacheReportExtension(SchemaExtension):
-    """Puts one `extensions.cache` entry per cached field into every response, in query order."""
+    """Puts one `extensions.cache` entry per cached field into every response, in query order, and
+    `extensions.dataVersion`: the version of the data that every field of the response comes from."""
 
     def on_operation(self):
         token = _cache_report.set([])
@@ -152,7 +138,11 @@ class CacheReportExtension(SchemaExtension):
         if isinstance(data, dict):
             order = {name: i for i, name in enumerate(data)}
             report.sort(key=lambda entry: order.get(entry["path"].split(".")[0], len(order)))
-        return {"cache": report}
+        context = self.execution_context.context
+        snapshot = getattr(context, "snapshot", None)
+        if snapshot is None:
+            return {"cache": report}
+        return {"cache": report, "dataVersion": snapshot.version}
 
 
 # --- types --------------------------------------------------------------------------------------
@@ -246,6 +236,9 @@ class RefreshedField:
 @strawberry.type
 class RefreshResult:
     refreshed: list[RefreshedField]
+    data_version: str = strawberry.field(
+        description="The data version the fields were recomputed from: what the data source held when the call began."
+    )
 
 
 # --- argument checking --------------------------------------------------------------------------
@@ -327,14 +320,14 @@ async def _chart(
 ) -> CacheResult:
     parts = {
         "codes": codes, "start": start.isoformat(), "end": end.isoformat(), "frequency": frequency.value,
-        "data": store.version, "code": analytics.CODE_VERSION,
+        "data": store.version, "code": CODE_VERSION,
     }
     compute = partial(backend.compute, analytics.index_chart, store, codes, start, end, analytics.Frequency[frequency.value])
     return await _cached(backend, CHART_NAMESPACE, parts, backend.ttl(backend.settings.chart_ttl), compute, refresh)
 
 
 async def _yields(backend: Backend, codes: tuple[str, ...], as_of: dt.date, store: PriceStore, refresh: bool = False) -> CacheResult:
-    parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": analytics.CODE_VERSION}
+    parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": CODE_VERSION}
     compute = partial(backend.compute, analytics.yields_this_year, store, codes, as_of)
     return await _cached(backend, YIELD_NAMESPACE, parts, backend.ttl(backend.settings.yield_ttl), compute, refresh)
 
@@ -383,7 +376,7 @@ def _yield_type(row: dict[str, Any]) -> IndexYield:
 class Query:
     @strawberry.field(description="Every index in the data set, in data-set order.")
     async def indexes(self, info: Info) -> list[IndexInfo]:
-        store = await info.context.backend.store()
+        store = info.context.snapshot
         return [
             IndexInfo(code=h.meta.code, name=h.meta.name, source=h.meta.source, first_date=h.first_date, last_date=h.last_date)
             for h in store
@@ -402,7 +395,7 @@ class Query:
         frequency: Frequency = Frequency.DAILY,
     ) -> IndexChart:
         backend: Backend = info.context.backend
-        store = await backend.store()
+        store = info.context.snapshot
         resolved = resolve_codes(store, codes, backend.settings.max_codes)
         lo, hi = resolve_range(store, resolved, start, end)
         result = await _chart(backend, resolved, lo, hi, frequency, store)
@@ -417,7 +410,7 @@ class Query:
         self, info: Info, codes: list[str] | None = None, as_of: dt.date | None = None
     ) -> list[IndexYield]:
         backend: Backend = info.context.backend
-        store = await backend.store()
+        store = info.context.snapshot
         resolved = resolve_codes(store, codes, backend.settings.max_codes)
         date = resolve_as_of(store, resolved, as_of)
         result = await _yields(backend, resolved, date, store)
@@ -454,29 +447,39 @@ def _client(info: Info) -> str:
 class Mutation:
     @strawberry.mutation(
         description="Recompute cached fields now (all when targets is null). Needs 'Authorization: Bearer <GQL_ADMIN_TOKEN>'. "
-        "Reloads changed data files first; afterwards no answer holds a value computed before the call."
+        "Loads what the data source holds first and makes every process of the fleet answer from it; afterwards "
+        "no answer holds a value computed before the call, or from older data."
     )
     async def refresh_cache(self, info: Info, targets: list[CacheTarget] | None = None) -> RefreshResult:
         _check_admin(info)
         chosen = list(dict.fromkeys(targets)) if targets else list(CacheTarget)
-        done = await refresh(info.context.backend, chosen)
+        store, done = await refresh(info.context.backend, chosen)
+        info.context.snapshot = store  # what the response reports as its data version
         log.warning(
-            "cache refreshed: targets=%s client=%s durations_ms=%s coalesced=%s",
-            ",".join(t.value for t in chosen), _client(info), ",".join(f"{d:.1f}" for d, _ in done),
+            "cache refreshed: targets=%s client=%s data_version=%s durations_ms=%s coalesced=%s",
+            ",".join(t.value for t in chosen), _client(info), store.version, ",".join(f"{d:.1f}" for d, _ in done),
             ",".join(str(c).lower() for _, c in done),
         )
         return RefreshResult(
-            refreshed=[RefreshedField(target=t, duration_ms=d, coalesced=c) for t, (d, c) in zip(chosen, done)]
+            refreshed=[RefreshedField(target=t, duration_ms=d, coalesced=c) for t, (d, c) in zip(chosen, done)],
+            data_version=store.version,
         )
 
 
-async def refresh(backend: Backend, targets: Sequence[CacheTarget], invalidate: bool = True) -> list[tuple[float, bool]]:
-    """Reload changed data, invalidate every variant of the targets, recompute their defaults.
+async def refresh(
+    backend: Backend, targets: Sequence[CacheTarget], invalidate: bool = True
+) -> tuple[PriceStore, list[tuple[float, bool]]]:
+    """Load what the data source holds now, invalidate every variant of the targets, recompute their defaults.
 
-    Per target: (milliseconds, whether it joined a refresh of the same data already under way).
-    With `invalidate=False` it only computes the default variants that are not cached yet (warming).
+    Returns the snapshot used and, per target, (milliseconds, whether it joined a refresh of the same data
+    already under way). Bumping the data epoch makes every process that reads Redis look at the source
+    before its next answer. With `invalidate=False` it only computes the default variants that are not
+    cached yet (warming).
     """
-    store = await backend.store(force_check=True)
+    assert backend.feed is not None, "refresh runs in the server, which has the data feed"
+    store = await backend.feed.sync()
+    if invalidate:
+        await backend.cache.invalidate(DATA_EPOCH)
     done = []
     for target in targets:
         began = time.perf_counter()
@@ -493,7 +496,7 @@ async def refresh(backend: Backend, targets: Sequence[CacheTarget], invalidate: 
                 code=COMPUTATION_FAILED,
             )
         done.append(((time.perf_counter() - began) * 1000.0, result.coalesced))
-    return done
+    return store, done
 
 
 class _Schema(strawberry.Schema):

@@ -12,7 +12,6 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,11 +20,6 @@ from gql.cache import ResultCache
 
 META, RAW, DEFLATE = "meta", "raw", "deflate"
 
-# A stored answer depends on all of the package's code (schema, completion, encoding): a digest of its
-# sources goes into every response key, so a deploy never serves bytes an older version produced.
-SOURCE_VERSION = hashlib.sha256(
-    b"".join(path.read_bytes() for path in sorted(Path(__file__).resolve().parent.glob("*.py")))
-).hexdigest()[:12]
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 
 
@@ -46,11 +40,14 @@ class StoredResponse:
     crc: int = 0
 
     @classmethod
-    def from_report(cls, raw: bytes, report: list[dict[str, Any]]) -> StoredResponse:
-        """An answer to store, each field's computation time and lifetime taken from its cache report."""
+    def from_report(cls, raw: bytes, report: list[dict[str, Any]], data_version: str) -> StoredResponse:
+        """An answer to store, each field's computation time and lifetime taken from its cache report.
+
+        The ETag covers the data version too: the body names it (extensions.dataVersion).
+        """
         now = time.time()
         fields = tuple((e["path"], e["field"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
-        return cls(hashlib.sha256(raw).hexdigest()[:32], fields, raw)
+        return cls(hashlib.sha256(raw + data_version.encode()).hexdigest()[:32], fields, raw)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], raw: bytes, deflated: bytes) -> StoredResponse:
@@ -79,9 +76,9 @@ class StoredResponse:
         return StoredResponse(self.etag, self.fields, self.raw, deflate_open(self.raw), zlib.crc32(self.raw))
 
 
-def body_tail(report: list[dict[str, Any]]) -> bytes:
-    """The per-request end of a body that starts with `{"data":...`."""
-    return b',"extensions":{"cache":' + orjson.dumps(report) + b"}}"
+def body_tail(report: list[dict[str, Any]], data_version: str) -> bytes:
+    """The per-request end of a body that starts with `{"data":...`, in the order the schema writes it."""
+    return b',"extensions":{"cache":' + orjson.dumps(report) + b',"dataVersion":' + orjson.dumps(data_version) + b"}}"
 
 
 def deflate_open(raw: bytes) -> bytes:

@@ -5,6 +5,10 @@ megabyte result, compressing it for storage) is Python that holds the GIL; on th
 it makes every cache hit behind it wait. A cacheable query that misses the response cache is sent
 here instead: a worker process runs the same schema with its own Redis connection and in-process
 cache, and returns the encoded answer (plus its compressed copy and the metrics it recorded).
+
+A worker never loads data itself: it answers from the very snapshot the server chose for the request
+(and named in the response key). It keeps the last few it was sent; a job for a version it does not
+hold comes back as SNAPSHOT_WANTED, and the server sends it again with the snapshot.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -27,6 +32,7 @@ from strawberry.types.graphql import OperationType
 from gql import metrics
 from gql import stored as stored_entries
 from gql.config import Settings
+from gql.data import PriceStore
 from gql.stored import StoredResponse
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,13 @@ class Job:
     variables: dict[str, Any] | None
     operation_name: str | None
     request_id: str
+    data_version: str  # the snapshot to answer from
+    snapshot: PriceStore | None = None  # sent along only when the worker does not hold that version
+
+
+SNAPSHOT_WANTED = "snapshot wanted"  # a worker's answer to a job for a data version it does not hold
+# Snapshots a worker keeps: the current one and the one before (requests that began before a change).
+_KEPT_SNAPSHOTS = 2
 
 
 @dataclass(frozen=True)
@@ -67,9 +80,16 @@ class QueryWorkers:
             initializer=_start_worker, initargs=(self.settings,),
         )
 
-    async def execute(self, job: Job) -> Answer | None:
+    async def execute(self, job: Job, snapshot: PriceStore) -> Answer | None:
+        """Answer `job` from `snapshot` (its `data_version`) in a worker process."""
+        loop = asyncio.get_running_loop()
         try:
-            answer = await asyncio.get_running_loop().run_in_executor(self._pool, _run_job, job)
+            answer = await loop.run_in_executor(self._pool, _run_job, job)
+            if answer == SNAPSHOT_WANTED:
+                # Pickled by the pool's feeder thread, not on the event loop.
+                answer = await loop.run_in_executor(self._pool, _run_job, replace(job, snapshot=snapshot))
+            if not isinstance(answer, Answer):
+                raise RuntimeError(f"a query worker answered {answer!r}")
         except BrokenProcessPool:
             log.error("a query worker process died; starting new ones and answering this request in the server")
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -90,7 +110,7 @@ class QueryWorkers:
             return False
 
     async def warm(self) -> None:
-        """Start the processes now (they load the data) rather than on the first cold query."""
+        """Start the processes now rather than on the first cold query."""
         loop = asyncio.get_running_loop()
         await asyncio.gather(*[loop.run_in_executor(self._pool, _ping) for _ in range(self.processes)])
 
@@ -139,7 +159,7 @@ def _store_job(keys: dict[str, str], generations: dict[str, int], stored: Stored
     return _worker.store(keys, generations, stored)
 
 
-def _run_job(job: Job) -> Answer:
+def _run_job(job: Job) -> Answer | str:
     assert _worker is not None, "worker not started"
     return _worker.run(job)
 
@@ -147,7 +167,6 @@ def _run_job(job: Job) -> Answer:
 class _Worker:
     def __init__(self, settings: Settings) -> None:
         from gql.cache import ResultCache, cache_config
-        from gql.data import PriceSource
         from gql.schema import Backend, build_schema
 
         # The loop runs in its own thread, all the time: background work (a stale value's recomputation,
@@ -155,9 +174,10 @@ class _Worker:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="gql-worker-loop", daemon=True).start()
         self.schema = build_schema(settings)
+        self.snapshots: OrderedDict[str, PriceStore] = OrderedDict()
         self.backend = Backend(
             settings=settings,
-            prices=PriceSource(settings.data_dir),
+            feed=None,
             # No in-process fallback here: the server sends work to workers only while Redis is in use,
             # and a worker's private cache would not see a refresh made through the server.
             cache=ResultCache(replace(cache_config(settings), local_entries=0)),
@@ -165,29 +185,37 @@ class _Worker:
         )
         asyncio.run_coroutine_threadsafe(self.backend.cache.warm(), self.loop).result()
 
-    def run(self, job: Job) -> Answer:
-        return asyncio.run_coroutine_threadsafe(self._execute(job), self.loop).result()
+    def run(self, job: Job) -> Answer | str:
+        if job.snapshot is not None:
+            self.snapshots[job.data_version] = job.snapshot
+            while len(self.snapshots) > _KEPT_SNAPSHOTS:
+                self.snapshots.popitem(last=False)
+        snapshot = self.snapshots.get(job.data_version)
+        if snapshot is None:
+            return SNAPSHOT_WANTED
+        self.snapshots.move_to_end(job.data_version)
+        return asyncio.run_coroutine_threadsafe(self._execute(job, snapshot), self.loop).result()
 
-    async def _execute(self, job: Job) -> Answer:
+    async def _execute(self, job: Job, snapshot: PriceStore) -> Answer:
         from gql.logs import request_id
 
         request_id.set(job.request_id)
         with self.backend.cache.request():
-            result = await self._executed(job)
-        return self._answer(result)
+            result = await self._executed(job, snapshot)
+        return self._answer(result, snapshot)
 
-    async def _executed(self, job: Job) -> Any:
+    async def _executed(self, job: Job, snapshot: PriceStore) -> Any:
         from gql.schema import Context
 
         return await self.schema.execute(
             job.query,
             variable_values=job.variables,
-            context_value=Context(request=None, backend=self.backend),
+            context_value=Context(request=None, backend=self.backend, snapshot=snapshot),
             operation_name=job.operation_name,
             allowed_operation_types={OperationType.QUERY},
         )
 
-    def _answer(self, result: Any) -> Answer:
+    def _answer(self, result: Any, snapshot: PriceStore) -> Answer:
         prefix = b'{"data":' + orjson.dumps(result.data)
         tail = b""
         if result.errors:
@@ -199,7 +227,7 @@ class _Worker:
         report = list(extensions.get("cache") or [])
         if result.errors or not stored_entries.storable(report):
             return Answer(prefix, tail, report, None, metrics.take())
-        return Answer(prefix, tail, report, StoredResponse.from_report(prefix, report), metrics.take())
+        return Answer(prefix, tail, report, StoredResponse.from_report(prefix, report, snapshot.version), metrics.take())
 
     def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
         return asyncio.run_coroutine_threadsafe(self._store(keys, generations, stored), self.loop).result()

@@ -120,6 +120,27 @@ def with_settings(settings: Settings, **changes) -> Settings:
     return replace(settings, **changes)
 
 
+def wait_until(condition, what: str, timeout: float = 10.0):
+    """Poll `condition` until it returns something truthy (returned); fail naming `what` after `timeout`.
+
+    For events with no completion signal to wait on (a file watcher picking up a change). The timeout
+    is a hang guard, not a speed assertion: bench/pickup.py measures how fast it happens.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+
+
+def data_version_of(client) -> str:
+    """The data version a TestClient's app reports on /healthz."""
+    return client.get("/healthz").json()["data"]["version"]
+
+
 @pytest.fixture(autouse=True)
 def _no_environment_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests pass settings explicitly; a developer's GQL_* variables must not change what they see.

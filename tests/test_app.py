@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from gql import analytics
 from gql.app import create_app
 from gql.config import Settings
-from tests.conftest import with_settings
+from tests.conftest import data_version_of, wait_until, with_settings
 
 CHART = "query($codes: [String!], $start: Date, $end: Date, $f: Frequency! = DAILY) { indexChart(codes: $codes, start: $start, end: $end, frequency: $f) { frequency start end series { code name totalReturn annualizedVolatility maxDrawdown points { date close normalized drawdown } } } }"
 YIELD = "query($codes: [String!], $asOf: Date) { yieldThisYear(codes: $codes, asOf: $asOf) { code name yieldPct baseDate baseClose lastDate lastClose baseIsFirstCloseOfYear } }"
@@ -78,7 +78,7 @@ def test_cache_report_has_an_entry_per_field_with_aliases_in_query_order(client)
 
 
 def test_equivalent_arguments_share_one_entry(client):
-    store = client.app.state.backend.prices.store
+    store = client.app.state.backend.feed.current
     gql(client, CHART)
     # Defaults written out, dates beyond the data, lower case codes: all the same question.
     explicit = gql(client, CHART, codes=[c.lower() for c in store.codes], start="1990-01-01", end="2099-12-31", f="DAILY")
@@ -106,7 +106,7 @@ def test_codes_come_back_in_the_order_asked(client):
 
 
 def test_chart_values_are_the_analytics_of_the_data(client):
-    store = client.app.state.backend.prices.store
+    store = client.app.state.backend.feed.current
     body = gql(client, CHART, codes=["000905"], start="2015-06-01", end="2015-12-31", f="WEEKLY")
     series = body["data"]["indexChart"]["series"][0]
     expected = analytics.series_chart(store["000905"].closes, store.first_date.replace(2015, 6, 1), store.first_date.replace(2015, 12, 31), analytics.Frequency.WEEKLY)
@@ -390,7 +390,6 @@ def test_healthz_reports_data_and_cache(client):
 
 def test_changed_data_files_are_served_without_a_refresh(settings, tmp_path):
     from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
-    from gql.schema import DATA_CHECK_SECONDS
 
     def write(last_close: float) -> None:
         closes = make_closes(["2023-12-29", "2024-01-02"], [100.0, last_close])
@@ -399,10 +398,9 @@ def test_changed_data_files_are_served_without_a_refresh(settings, tmp_path):
     write(105.0)
     with TestClient(create_app(with_settings(settings, data_dir=tmp_path))) as client:
         assert gql(client, YIELD)["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(5.0)
+        before = data_version_of(client)
         write(95.0)
-        import time
-
-        time.sleep(DATA_CHECK_SECONDS + 0.1)
+        wait_until(lambda: data_version_of(client) != before, "the server picks up the rewritten file")
         body = gql(client, YIELD)
         # New data, new version, new key: computed afresh, never the old value.
         assert statuses(body) == ["MISS"]

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from gql.app import create_app
 from gql.config import Settings
 from gql.stored import deflate_open, gzip_body
-from tests.conftest import with_settings
+from tests.conftest import data_version_of, wait_until, with_settings
 from tests.test_app import ADMIN, CHART, REFRESH, YIELD, statuses
 
 SMALL = '{ yieldThisYear(codes: ["HSI", "000300"]) { code yieldPct lastDate } }'
@@ -131,7 +131,6 @@ def test_refresh_through_another_worker_invalidates_stored_responses(settings):
 
 def test_data_change_invalidates_stored_responses(settings, tmp_path):
     from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
-    from gql.schema import DATA_CHECK_SECONDS
 
     def write(last: float) -> None:
         closes = make_closes(["2023-12-29", "2024-01-02"], [100.0, last])
@@ -142,8 +141,9 @@ def test_data_change_invalidates_stored_responses(settings, tmp_path):
         query = "{ yieldThisYear { yieldPct } }"
         post(client, query)
         assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(10.0)
+        before = data_version_of(client)
         write(120.0)
-        time.sleep(DATA_CHECK_SECONDS + 0.1)
+        wait_until(lambda: data_version_of(client) != before, "the server picks up the rewritten file")
         assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(20.0)
 
 

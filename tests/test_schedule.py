@@ -55,9 +55,9 @@ def test_times_of_day_and_zones_are_checked():
 def test_results_live_until_the_next_publication_when_configured():
     from gql.schema import Backend
 
-    fixed = Backend(Settings(), prices=None, cache=None, pool=None)  # type: ignore[arg-type]
+    fixed = Backend(Settings(), feed=None, cache=None, pool=None)  # type: ignore[arg-type]
     assert fixed.ttl(3600) == 3600
-    daily = Backend(Settings(ttl_until_publication=True), prices=None, cache=None, pool=None)  # type: ignore[arg-type]
+    daily = Backend(Settings(ttl_until_publication=True), feed=None, cache=None, pool=None)  # type: ignore[arg-type]
     now = dt.datetime.now(dt.timezone.utc)
     expected = (next_publication(now, AT, SHANGHAI) - now).total_seconds()
     assert daily.ttl(3600) == pytest.approx(max(60, expected), abs=2)

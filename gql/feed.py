@@ -1,0 +1,135 @@
+"""The data this process answers from: one immutable snapshot at a time, following its source.
+
+Every request takes `DataFeed.current` once, when it begins, and answers every field from it; the
+cache keys it builds name that snapshot's version. The feed replaces `current` as a whole when the
+data changes, and finds out in two ways:
+
+- a file watcher (watchfiles: inotify on Linux, polling with WATCHFILES_FORCE_POLLING=1 for network
+  file systems) sees an import land, with no request needed;
+- the *data epoch*, a counter in Redis that `refreshCache` increments after loading what is in the
+  source at that moment. Requests read it in the same round trip as the cache; a process that sees a
+  new epoch looks at its source before it answers. So once a refresh returns, no process that reads
+  Redis answers from older data.
+
+A reload that fails (a corrupt or half-written file) keeps the whole previous snapshot: the data set
+never mixes versions. The problem is logged once per change of the files and shown by /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gql.data import SUFFIX, DataError, PriceSource, PriceStore
+
+log = logging.getLogger(__name__)
+
+# The generation namespace in Redis whose counter is the data epoch (see the module docstring).
+DATA_EPOCH = "data"
+# The watcher reports a batch of changes once no new one came for STEP ms, or after DEBOUNCE ms at most.
+WATCH_STEP_MS = 30
+WATCH_DEBOUNCE_MS = 200
+
+
+def _index_file_changed(_change: object, path: str) -> bool:
+    name = Path(path).name
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+class DataFeed:
+    def __init__(self, source: PriceSource) -> None:
+        self.source = source
+        self.current: PriceStore = source.store
+        self.problem: str | None = None  # why the latest change of the files could not be loaded
+        # One thread of its own: looking at the files never waits behind pandas work in the compute pool,
+        # and two reloads never run at once.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gql-data")
+        self._epoch: int | None = None
+        self._stop: asyncio.Event | None = None
+        self._watcher: asyncio.Task | None = None
+
+    @classmethod
+    async def open(cls, data_dir: Path | None) -> DataFeed:
+        """Load the data (in a thread); DataError when it cannot be used."""
+        source = await asyncio.get_running_loop().run_in_executor(None, PriceSource, data_dir)
+        return cls(source)
+
+    @property
+    def description(self) -> str:
+        return self.source.description
+
+    async def sync(self) -> PriceStore:
+        """Look at the source now; load it if it changed. Returns the snapshot to answer from."""
+        store, error = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_if_changed)
+        if error is not None:
+            # Once per change of the files: the next attempt waits for them to change again.
+            log.error("data not reloaded from %s, still serving version %s: %s", self.description, self.current.version, error)
+            self.problem = str(error)
+        elif store is not None:
+            self.problem = None
+            if store.version != self.current.version:
+                self.current = store
+                log.info("data reloaded from %s: version %s, %d indexes, last close %s",
+                         self.description, store.version, len(store), store.last_date)
+        return self.current
+
+    def _load_if_changed(self) -> tuple[PriceStore | None, DataError | None]:
+        if not self.source.changed():
+            return None, None
+        try:
+            return self.source.reload(), None
+        except DataError as exc:
+            return None, exc
+
+    async def catch_up(self, epoch: int) -> PriceStore:
+        """The snapshot to answer from, given the fleet's data epoch as just read from Redis."""
+        if epoch != self._epoch:
+            await self.sync()
+            self._epoch = epoch
+        return self.current
+
+    # --- the watcher --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Follow the files from now on (nothing to follow for the built-in sample)."""
+        if self.source.data_dir is None or self._watcher is not None:
+            return
+        self._stop = asyncio.Event()
+        self._watcher = asyncio.create_task(self._watch(self.source.data_dir, self._stop), name="gql-data-watcher")
+
+    async def _watch(self, data_dir: Path, stop: asyncio.Event) -> None:
+        from watchfiles import awatch
+
+        failing = False
+        while not stop.is_set():
+            try:
+                # Changes between two watches (a restart after an error) are not lost: look once first.
+                await self.sync()
+                async for _ in awatch(
+                    data_dir, watch_filter=_index_file_changed, step=WATCH_STEP_MS, debounce=WATCH_DEBOUNCE_MS,
+                    stop_event=stop, rust_timeout=1000, recursive=False,
+                ):
+                    failing = False
+                    await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.warning("watching %s for data changes failed (%s); trying again every second, and "
+                                "refreshCache still loads what is there", data_dir, exc)
+                failing = True
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+            self._watcher = None
+        self._loader.shutdown(wait=False, cancel_futures=True)
