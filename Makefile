@@ -23,7 +23,8 @@ schema: $(STAMP)
 	$(PY) -m gql export-schema --output schema.graphql
 
 # Also installs flask, gunicorn (bench/requirements.txt) and wrk. Includes the Redis-fault and stampede runs of
-# bench/faults.py (bench/results/faults.md); BENCH_ARGS="--duration 2 --rounds 1 --faults quick" for a quick run.
+# bench/faults.py (bench/results/faults.md) and the data pickup runs of bench/pickup.py;
+# BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5" for a quick run.
 bench: $(STAMP)
 	sh bench/setup.sh $(PY)
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -8,11 +8,13 @@ data, then measures, in order:
   4. in-process scaling of the cold chart computation with the number of indexes;
   5. partial hits: chart variants from the cached daily series against from prices;
   6. Redis faults and stampedes (bench/faults.py, on servers and redis-servers of its own): added latency while
-     Redis refuses connections or is frozen, and computations per burst of cold requests on several servers.
+     Redis refuses connections or is frozen, and computations per burst of cold requests on several servers;
+  7. data pickup (bench/pickup.py, servers of its own): from an import's return to the first answer of the new
+     data version on each process, with file system events and with forced polling.
 Writes a Markdown report to bench/results/benchmark.md (and bench/results/faults.md, linked from it) and prints it.
 
-    make bench                                                           # defaults: about 6 minutes
-    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick"       # quicker
+    make bench                                                           # defaults: about 7 minutes
+    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5"   # quicker
     .venv/bin/python -m bench.run --help
 """
 
@@ -38,7 +40,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench import faults, report
+from bench import faults, pickup, report
 from bench.ceiling_app import key_for as ceiling_key
 from bench.flask_app import key_for as flask_key
 from bench.load import sequential, timed_post, wrk
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.faults != "off":
             _log(f"Redis faults and stampedes ({args.faults})")
             faulted = faults.run(faults.settings(quick=args.faults == "quick"))
+        picked = None
+        if args.pickup_imports > 0:
+            _log(f"data pickup ({args.pickup_imports} imports per watcher mode)")
+            picked = pickup.run(args.pickup_imports, 1.0)
         _log("timing index_chart in process")
         scaling = cold_scaling(args.scaling_sizes, args.scaling_runs)
         partial = partial_hits(max(args.scaling_runs, 5))
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
          report.loaded_section(loaded, args.cold_clients, args.latency_seconds),
          report.scaling_section(scaling, args.scaling_runs), report.partial_hits_section(partial, max(args.scaling_runs, 5)),
          faults.summary(faulted, faults_file.name) if faulted is not None else [],
+         pickup.section(picked) if picked is not None else [],
          report.logs_section(server_logs)],
         command.strip(), time.monotonic() - began, (load_before, load_during),
     )
@@ -152,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--scaling-runs", type=int, default=3, help="runs per size, the median is reported (default 3)")
     add("--faults", choices=("full", "quick", "off"), default="full",
         help="Redis faults and stampedes (bench/faults.py): full (about 2 minutes), quick (a smoke run) or off (default full)")
+    add("--pickup-imports", type=int, default=20,
+        help="data pickup (bench/pickup.py): imports per watcher mode, 0 to skip (default 20, about 1 minute)")
     add("--output", type=Path, default=RESULTS / "benchmark.md",
         help="report file (default bench/results/benchmark.md; faults.md is written next to it)")
     return parser
