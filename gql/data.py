@@ -210,11 +210,16 @@ def load_directory(data_dir: Path) -> PriceStore:
     return PriceSource(data_dir).store
 
 
+def is_index_file(name: str) -> bool:
+    """Whether a file name in a data directory is an index file (hidden names are an import's temporary files)."""
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
 def _index_files(data_dir: Path) -> list[os.DirEntry]:
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist; create it with `python -m gql import`")
     try:
-        entries = sorted((e for e in os.scandir(data_dir) if e.name.endswith(SUFFIX) and not e.name.startswith(".")),
+        entries = sorted((e for e in os.scandir(data_dir) if is_index_file(e.name)),
                          key=lambda e: e.name)
     except OSError as exc:
         raise DataError(f"data directory {data_dir}: cannot list it: {exc.strerror}") from None
@@ -245,7 +250,7 @@ def directory_signature(data_dir: Path | None) -> tuple:
         entries = sorted(os.scandir(data_dir), key=lambda e: e.name)
     except OSError:
         return ("missing",)
-    return tuple((e.name, _stamp(e)) for e in entries if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+    return tuple((e.name, _stamp(e)) for e in entries if is_index_file(e.name))
 
 
 class PriceSource:

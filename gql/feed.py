@@ -23,7 +23,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gql.data import SUFFIX, DataError, PriceSource, PriceStore
+from gql.data import DataError, PriceSource, PriceStore, is_index_file
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ WATCH_DEBOUNCE_MS = 200
 
 
 def _index_file_changed(_change: object, path: str) -> bool:
-    name = Path(path).name
-    return name.endswith(SUFFIX) and not name.startswith(".")
+    return is_index_file(Path(path).name)
 
 
 class DataFeed:

@@ -138,11 +138,7 @@ class CacheReportExtension(SchemaExtension):
         if isinstance(data, dict):
             order = {name: i for i, name in enumerate(data)}
             report.sort(key=lambda entry: order.get(entry["path"].split(".")[0], len(order)))
-        context = self.execution_context.context
-        snapshot = getattr(context, "snapshot", None)
-        if snapshot is None:
-            return {"cache": report}
-        return {"cache": report, "dataVersion": snapshot.version}
+        return {"cache": report, "dataVersion": self.execution_context.context.snapshot.version}
 
 
 # --- types --------------------------------------------------------------------------------------
