@@ -6,46 +6,35 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
-import json
-import os
-import time
 import logging
+import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLHTTPResponse
-from strawberry.types import ExecutionResult
 
 from gql import __version__
-from gql.cache import CacheState, ResultCache, cache_config
+from gql.cache import CacheState
 from gql.config import Settings
-from gql.feed import DataFeed
-from gql.logs import (
-    REQUEST_ID_HEADER,
-    access_log,
-    install_record_factory,
-    log_request,
-    new_request_id,
-    request_id,
-    request_summary,
-)
-from gql.responses import SNAPSHOT_SCOPE_KEY, ResponseCacheApp, record_result, replaying
+from gql.encoding import dumps
+from gql.logs import install_record_factory
+from gql.middleware import BodyLimitMiddleware, PathDispatch, RequestIdMiddleware
+from gql.responses import ResponseCacheApp
 from gql.schedule import parse_time_of_day, run_daily
-from gql.schema import CACHED_FIELDS, Backend, CacheTarget, Context, build_schema, refresh
+from gql.schema.build import build_schema
+from gql.schema.resolvers import Context
+from gql.schema.types import CacheTarget
+from gql.service import Service
 from gql.workers import QueryWorkers
 
 log = logging.getLogger(__name__)
@@ -55,24 +44,17 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class _GraphQLApp(GraphQL):
-    async def get_context(self, request: Request, response: Response | None = None) -> Context:
-        backend: Backend = request.app.state.backend
-        # The snapshot the response layer took for this request (it named it in the cache key).
-        snapshot = request.scope.get(SNAPSHOT_SCOPE_KEY) or backend.feed.current
-        return Context(request=request, backend=backend, snapshot=snapshot)
+    """Strawberry's ASGI app, for what the response layer does not answer itself (mutations, batches, GraphiQL)."""
 
-    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
-        response = await super().process_result(request, result)
-        record_result(request.scope, bool(result.errors), response)
-        return response
+    def __init__(self, service: Service, **kwargs: object) -> None:
+        super().__init__(build_schema(service.settings), **kwargs)  # type: ignore[arg-type]
+        self.service = service
+
+    async def get_context(self, request: Request, response: Response | None = None) -> Context:
+        return Context(request=request, service=self.service, snapshot=await self.service.snapshot())
 
     def encode_json(self, data: object) -> bytes:
-        # Chart responses are megabytes of floats: orjson encodes them several times faster than json.
-        try:
-            return orjson.dumps(data)
-        except TypeError:
-            # orjson refuses lone surrogates, which graphql-core may echo from a variable into an error.
-            return json.dumps(data, separators=(",", ":")).encode()
+        return dumps(data)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -80,27 +62,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     install_record_factory()
 
-    cache = ResultCache(cache_config(settings))
+    service = Service(settings)
     workers = QueryWorkers(settings, settings.query_processes) if settings.query_processes else None
-
-    def feed() -> DataFeed:
-        return app.state.backend.feed
-
-    graphql = ResponseCacheApp(
-        _GraphQLApp(build_schema(settings), graphql_ide="graphiql" if settings.graphiql else None),
-        cache, feed, CACHED_FIELDS, workers=workers,
-        enabled=settings.response_cache, max_entry_bytes=settings.cache_max_entry_bytes, memory_bytes=settings.response_memory_bytes, apq_ttl=settings.apq_ttl,
-    )
+    graphql_app = _GraphQLApp(service, graphql_ide="graphiql" if settings.graphiql else None)
+    graphql = ResponseCacheApp(graphql_app, graphql_app.schema, service, workers=workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="gql-compute")
         tasks: list[asyncio.Task] = []
-        data: DataFeed | None = None
         try:
-            data = await DataFeed.open(settings.data_dir)
-            app.state.backend = Backend(settings=settings, feed=data, cache=cache, pool=pool)
+            await service.load()
+            app.state.service = service
             app.state.responses = graphql
+            cache = service.cache
             state = await cache.check()
             await cache.warm()
             # The loaded data and the imported modules are long-lived: keep them out of the collector's
@@ -110,9 +84,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if workers is not None:
                 await workers.warm()
             if settings.refresh_at:
-                tasks.append(asyncio.create_task(_scheduled_refresh(app.state.backend, settings)))
+                tasks.append(asyncio.create_task(_scheduled_refresh(service)))
             if settings.data_watch:
-                data.start()
+                service.data.start()
+            data = service.data
             log.info(
                 "serving %d indexes from %s (data version %s); cache %s",
                 len(data.current), data.description, data.current.version, state.value,
@@ -121,21 +96,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             for task in tasks:
                 task.cancel()
-            if data is not None:
-                await data.close()
             await graphql.drain()
-            # Recomputations and stores under way get a moment to finish; close() cancels the rest.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(cache.drain(), timeout=2.0)
             if workers is not None:
                 workers.close()
-            await cache.close()
-            pool.shutdown(wait=False, cancel_futures=True)
+            await service.close()
 
     async def healthz(request: Request) -> JSONResponse:
-        backend: Backend = request.app.state.backend
-        state = await backend.cache.check()
-        data = backend.feed
+        service: Service = request.app.state.service
+        state = await service.cache.check()
+        data = service.data
         store = data.current
         return JSONResponse(
             {
@@ -164,21 +133,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         """Ready once the data is loaded; Redis being away makes the cache degraded, not the service unready."""
-        backend: Backend | None = getattr(request.app.state, "backend", None)
-        if backend is None:
+        service: Service | None = getattr(request.app.state, "service", None)
+        if service is None:
             return JSONResponse({"ready": False, "reason": "starting: the data is not loaded yet"}, status_code=503)
-        state = await backend.cache.check()
-        store = backend.feed.current
+        state = await service.cache.check()
+        store = service.data.current
         return JSONResponse({
             "ready": True,
             "process": os.getpid(),
-            "data": {"source": backend.feed.description, "version": store.version, "indexes": len(store),
+            "data": {"source": service.data.description, "version": store.version, "indexes": len(store),
                      "lastDate": store.last_date.isoformat()},
             "cache": state.value,
         })
 
     async def metrics_endpoint(request: Request) -> Response:
-        await request.app.state.backend.cache.check()
+        await request.app.state.service.cache.check()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def home(request: Request) -> FileResponse:
@@ -216,117 +185,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-_REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
+async def _scheduled_refresh(service: Service) -> None:
+    settings = service.settings
 
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
-
-
-class PathDispatch:
-    """Send requests for one path straight to its ASGI endpoint; anything else to the app."""
-
-    def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
-        self.app = app
-        self.path = path
-        self.endpoint = endpoint
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
-            if scope["method"] not in ("GET", "POST"):
-                await PlainTextResponse("Method Not Allowed", 405, headers={"Allow": "GET, POST"})(scope, receive, send)
-                return
-            await self.endpoint(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-class RequestIdMiddleware:
-    """Give each request an id (the `X-Request-ID` header, every log line it causes) and log one line for it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        incoming = _header(scope, _REQUEST_ID_BYTES)
-        rid = new_request_id(incoming.decode("latin-1") if incoming else None)
-        token = request_id.set(rid)
-        summary: dict = {"status": 500}
-        summary_token = request_summary.set(summary)
-        header = (_REQUEST_ID_BYTES, rid.encode("latin-1"))
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-                summary["status"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if access_log.isEnabledFor(logging.INFO):
-                log_request(scope, summary, time.perf_counter() - began)
-            request_summary.reset(summary_token)
-            request_id.reset(token)
-
-
-class BodyLimitMiddleware:
-    """Answer 413 to a request body over the limit, before the app reads or parses any of it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit():
-            if int(declared) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)  # the server delivers no more than the declared length
-            return
-        # Read the body here (it is at most max_bytes) so that a body without a length is bounded too.
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        await self.app(scope, replaying(receive, b"".join(chunks)), send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"errors": [{"message": f"request body is larger than {self.max_bytes} bytes, the limit",
-                         "extensions": {"code": "PAYLOAD_TOO_LARGE"}}]},
-            status_code=413,
-        )
-        await response(scope, receive, send)
-
-
-async def _scheduled_refresh(backend: Backend, settings: Settings) -> None:
     async def job(slot: dt.datetime) -> None:
         # Every worker process of the fleet wakes up; the first to claim the slot refreshes.
-        if not await backend.cache.claim(backend.cache.key("scheduled-refresh", slot.isoformat()), 3600):
+        raw = service.cache.raw
+        if not await raw.claim(raw.keys.scheduled_refresh(slot.isoformat()), 3600):
             return
-        store, done = await refresh(backend, list(CacheTarget))
-        log.warning("scheduled refresh for %s done: data_version=%s durations_ms=%s", slot.isoformat(), store.version,
-                    ",".join(f"{d:.1f}" for d, _ in done))
+        done = await service.refresh(list(CacheTarget))
+        log.warning("scheduled refresh for %s done: data_version=%s durations_ms=%s", slot.isoformat(), done.snapshot.version,
+                    ",".join(f"{t.duration_ms:.1f}" for t in done.targets))
 
     await run_daily(parse_time_of_day(settings.refresh_at), ZoneInfo(settings.timezone), job)
 

@@ -13,10 +13,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from gql.config import ConfigError, Settings
+from gql.config import ConfigError, Settings, without_password
+from gql.schema.types import CacheTarget
 
 DEFAULT_URL = "http://127.0.0.1:8000/graphql"
-TARGETS = ("INDEX_CHART", "YIELD_THIS_YEAR")  # the values of gql.schema.CacheTarget (not imported: it loads the schema)
+TARGETS = tuple(target.value for target in CacheTarget)
 REFRESH_MUTATION = "mutation($t: [CacheTarget!]) { refreshCache(targets: $t) { refreshed { target durationMs } } }"
 
 
@@ -135,43 +136,41 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _warm_async(settings: Settings) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from gql.cache import CacheState, ResultCache, cache_config
+    from gql.cache import CacheState
     from gql.data import DataError
-    from gql.feed import DataFeed
-    from gql.schema import CHART_NAMESPACE, YIELD_NAMESPACE, Backend, CacheTarget, refresh
+    from gql.schema.types import CHART_NAMESPACE, YIELD_NAMESPACE
+    from gql.service import Service
 
-    redis_at = f"Redis at {_without_password(settings.redis_url)}"
+    redis_at = f"Redis at {without_password(settings.redis_url)}"
     try:
-        data = await DataFeed.open(settings.data_dir)  # no watcher: the run is over in seconds
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        cache = ResultCache(cache_config(settings))
+        service = Service(settings)
     except ValueError as exc:  # redis-py refuses the URL
         print(f"error: REDIS_URL is not usable: {exc}", file=sys.stderr)
         return 2
-    pool = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="gql-compute")
     try:
+        try:
+            await service.load()  # no watcher: the run is over in seconds
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        cache = service.cache
         if await cache.check() is not CacheState.OK:
             print(_no_effect(redis_at), file=sys.stderr)
             return 1
+        data = service.data
         store = data.current
         print(
             f"warming {redis_at} (key prefix {settings.cache_prefix!r}) with {len(store)} indexes from "
             f"{data.description}, data version {store.version}"
         )
-        backend = Backend(settings=settings, feed=data, cache=cache, pool=pool)
         targets = list(CacheTarget)
         namespaces = {CacheTarget.INDEX_CHART: CHART_NAMESPACE, CacheTarget.YIELD_THIS_YEAR: YIELD_NAMESPACE}
-        durations = [ms for ms, _ in (await refresh(backend, targets, invalidate=False))[1]]
+        durations = [t.duration_ms for t in (await service.refresh(targets, invalidate=False)).targets]
         await cache.drain()  # values are stored after they are returned
         computed = dict(cache.computations)
         # A value can be computed and yet not stored (over GQL_CACHE_MAX_ENTRY_BYTES, a failed write):
         # a second pass finds everything in Redis, or computes again what is not there.
-        await refresh(backend, targets, invalidate=False)
+        await service.refresh(targets, invalidate=False)
         await cache.drain()
         if cache.state is not CacheState.OK:  # Redis went away during the run
             print(_no_effect(redis_at), file=sys.stderr)
@@ -192,9 +191,7 @@ async def _warm_async(settings: Settings) -> int:
             return 1
         return 0
     finally:
-        await data.close()
-        await cache.close()
-        pool.shutdown(wait=False, cancel_futures=True)
+        await service.close()
 
 
 def _no_effect(redis_at: str) -> str:
@@ -202,14 +199,6 @@ def _no_effect(redis_at: str) -> str:
         f"error: {redis_at} is unreachable: warming had no effect beyond this process (its in-process cache "
         "dies with it). Start Redis or set REDIS_URL, then run warm again"
     )
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 # --- refresh -------------------------------------------------------------------------------------
@@ -297,9 +286,9 @@ def _admin_token(given: str | None) -> str | None:
 
 
 def _export_schema(args: argparse.Namespace, settings: Settings) -> int:
-    from gql.schema import schema
+    from gql.schema.build import build_schema
 
-    sdl = schema.as_str() + "\n"
+    sdl = build_schema(settings).as_str() + "\n"
     if args.output:
         args.output.write_text(sdl, encoding="utf-8")
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -212,3 +213,12 @@ def _parse(name: str, raw: str, kind: str) -> object:
         allowed = {"int": "a whole number", "float": "a finite number", "float | None": "a finite number", "bool": "true/false, yes/no, on/off or 1/0"}[kind]
         raise ConfigError(f"{name}={raw!r} is not valid: expected {allowed}") from None
     return raw
+
+
+def without_password(url: str) -> str:
+    """A URL as logs and messages may show it: the password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -49,7 +49,11 @@ def log_request(scope: dict, summary: dict, seconds: float) -> None:
         "duration_ms": round(seconds * 1000, 2),
         **{k: v for k, v in summary.items() if k != "status"},
     }
-    cache = ",".join(f"{e['path']}:{e['status']}" for e in fields.get("cache") or ())
+    # The cache report (gql.schema.report.FieldReport entries), as clients see it in extensions.cache.
+    report = fields.get("cache") or ()
+    if "cache" in fields:
+        fields["cache"] = [entry.as_json() for entry in report]
+    cache = ",".join(f"{entry.path}:{entry.status.value}" for entry in report)
     text = (
         f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']}ms"
         f" operation={fields.get('operation') or '-'} cache={cache or '-'}"

@@ -16,17 +16,14 @@ from typing import Any
 
 import orjson
 
-from gql.cache import ResultCache
+from gql.cache import CacheStatus
+from gql.cache.raw import RawStore
+from gql.encoding import dumps
+from gql.schema.report import CacheReport, FieldReport, as_json
 
 META, RAW, DEFLATE = "meta", "raw", "deflate"
 
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
-
-
-def storable(report: list[dict[str, Any]]) -> bool:
-    """Whether an answer with this cache report may be stored: not one with a stale value in it,
-    which is being recomputed (or stands in for a failed computation) and must not be replayed."""
-    return bool(report) and all(entry.get("status") != "STALE" for entry in report)
 
 
 @dataclass(frozen=True)
@@ -40,13 +37,13 @@ class StoredResponse:
     crc: int = 0
 
     @classmethod
-    def from_report(cls, raw: bytes, report: list[dict[str, Any]], data_version: str) -> StoredResponse:
+    def from_report(cls, raw: bytes, report: CacheReport, data_version: str) -> StoredResponse:
         """An answer to store, each field's computation time and lifetime taken from its cache report.
 
         The ETag covers the data version too: the body names it (extensions.dataVersion).
         """
         now = time.time()
-        fields = tuple((e["path"], e["field"], now - e["ageSeconds"], e["ageSeconds"] + e["ttlSeconds"]) for e in report)
+        fields = tuple((e.path, e.field, now - e.age_seconds, e.age_seconds + e.ttl_seconds) for e in report)
         return cls(hashlib.sha256(raw + data_version.encode()).hexdigest()[:32], fields, raw)
 
     @classmethod
@@ -62,10 +59,9 @@ class StoredResponse:
     def created(self) -> float:
         return min(created for _, _, created, _ in self.fields)
 
-    def report(self, now: float) -> list[dict[str, Any]]:
+    def report(self, now: float) -> list[FieldReport]:
         return [
-            {"path": path, "field": field, "status": "HIT", "ageSeconds": round(now - created, 3),
-             "ttlSeconds": round(created + ttl - now, 3)}
+            FieldReport(path, field, CacheStatus.HIT, now - created, created + ttl - now)
             for path, field, created, ttl in self.fields
         ]
 
@@ -76,9 +72,9 @@ class StoredResponse:
         return StoredResponse(self.etag, self.fields, self.raw, deflate_open(self.raw), zlib.crc32(self.raw))
 
 
-def body_tail(report: list[dict[str, Any]], data_version: str) -> bytes:
+def body_tail(report: CacheReport, data_version: str) -> bytes:
     """The per-request end of a body that starts with `{"data":...`, in the order the schema writes it."""
-    return b',"extensions":{"cache":' + orjson.dumps(report) + b',"dataVersion":' + orjson.dumps(data_version) + b"}}"
+    return b',"extensions":{"cache":' + dumps(as_json(report)) + b',"dataVersion":' + dumps(data_version) + b"}}"
 
 
 def deflate_open(raw: bytes) -> bytes:
@@ -95,7 +91,7 @@ def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
 
 
 async def write(
-    cache: ResultCache, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse
+    store: RawStore, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse
 ) -> bytes | None:
     """Store a compressed answer under `keys` (META, RAW, DEFLATE) if the generations are still current.
 
@@ -106,4 +102,4 @@ async def write(
         return None
     meta = orjson.dumps({"etag": stored.etag, "fields": stored.fields, "crc": stored.crc, "generations": generations})
     items = {keys[META]: meta, keys[RAW]: stored.raw, keys[DEFLATE]: stored.deflated}
-    return meta if await cache.write(generations, items, ttl) else None
+    return meta if await store.write(generations, items, ttl) else None

@@ -13,8 +13,11 @@ from pathlib import Path
 
 
 def code_version(package: Path) -> str:
-    """A digest of the Python sources in `package`."""
-    return hashlib.sha256(b"".join(path.read_bytes() for path in sorted(package.glob("*.py")))).hexdigest()[:12]
+    """A digest of the Python sources in `package` and its subpackages (their paths included)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 CODE_VERSION = code_version(Path(__file__).resolve().parent)

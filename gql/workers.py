@@ -8,31 +8,32 @@ cache, and returns the encoded answer (plus its compressed copy and the metrics 
 
 A worker never loads data itself: it answers from the very snapshot the server chose for the request
 (and named in the response key). It keeps the last few it was sent; a job for a version it does not
-hold comes back as SNAPSHOT_WANTED, and the server sends it again with the snapshot.
+hold comes back as `Wanted.SNAPSHOT`, and the server sends it again with the snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import enum
 import logging
 import multiprocessing
 import os
 import signal
 import threading
-from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from typing import Any
-
-import orjson
-from strawberry.types.graphql import OperationType
-
 from gql import metrics
 from gql import stored as stored_entries
+from gql.cache import ResultCache
 from gql.config import Settings
 from gql.data import PriceStore
+from gql.execution import Answer, Operation, execute
+from gql.logs import configure, install_record_factory, request_id
+from gql.lru import LRU
+from gql.schema.build import build_schema
+from gql.service import Service
 from gql.stored import StoredResponse
 
 log = logging.getLogger(__name__)
@@ -40,28 +41,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Job:
-    query: str
-    variables: dict[str, Any] | None
-    operation_name: str | None
+    operation: Operation
     request_id: str
     data_version: str  # the snapshot to answer from
     snapshot: PriceStore | None = None  # sent along only when the worker does not hold that version
 
 
-SNAPSHOT_WANTED = "snapshot wanted"  # a worker's answer to a job for a data version it does not hold
-# Snapshots a worker keeps: the current one and the one before (requests that began before a change).
-_KEPT_SNAPSHOTS = 2
+class Wanted(enum.Enum):
+    SNAPSHOT = "snapshot"  # a worker's answer to a job for a data version it does not hold
 
 
 @dataclass(frozen=True)
-class Answer:
-    """An encoded answer: `prefix + tail` is the body; `prefix` is `{"data":...` when there are no errors."""
+class _Reply:
+    answer: Answer
+    metric_events: list[tuple]  # what the worker recorded, counted by the server
 
-    prefix: bytes
-    tail: bytes
-    report: list[dict[str, Any]]  # extensions.cache of the answer
-    stored: StoredResponse | None  # what may be cached of it (without the compressed copy)
-    metric_events: list[tuple]
+
+# Snapshots a worker keeps: the current one and the one before (requests that began before a change).
+_KEPT_SNAPSHOTS = 2
 
 
 class QueryWorkers:
@@ -84,12 +81,12 @@ class QueryWorkers:
         """Answer `job` from `snapshot` (its `data_version`) in a worker process."""
         loop = asyncio.get_running_loop()
         try:
-            answer = await loop.run_in_executor(self._pool, _run_job, job)
-            if answer == SNAPSHOT_WANTED:
+            reply = await loop.run_in_executor(self._pool, _run_job, job)
+            if reply is Wanted.SNAPSHOT:
                 # Pickled by the pool's feeder thread, not on the event loop.
-                answer = await loop.run_in_executor(self._pool, _run_job, replace(job, snapshot=snapshot))
-            if not isinstance(answer, Answer):
-                raise RuntimeError(f"a query worker answered {answer!r}")
+                reply = await loop.run_in_executor(self._pool, _run_job, replace(job, snapshot=snapshot))
+            if not isinstance(reply, _Reply):
+                raise RuntimeError(f"a query worker answered {reply!r}")
         except BrokenProcessPool:
             log.error("a query worker process died; starting new ones and answering this request in the server")
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -98,8 +95,8 @@ class QueryWorkers:
         except Exception:
             log.exception("a query worker failed; answering this request in the server")
             return None
-        metrics.apply(answer.metric_events)
-        return answer
+        metrics.apply(reply.metric_events)
+        return reply.answer
 
     async def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
         """Compress and store an answer already sent, in a worker (the server's loop only hands it over)."""
@@ -113,6 +110,10 @@ class QueryWorkers:
         """Start the processes now rather than on the first cold query."""
         loop = asyncio.get_running_loop()
         await asyncio.gather(*[loop.run_in_executor(self._pool, _ping) for _ in range(self.processes)])
+
+    def pids(self) -> list[int]:
+        """The worker processes running now."""
+        return [p.pid for p in list((self._pool._processes or {}).values()) if p.pid is not None and p.is_alive()]
 
     def close(self) -> None:
         """Stop the worker processes (waits for a computation in progress to end)."""
@@ -131,8 +132,6 @@ def _start_worker(settings: Settings) -> None:
     _die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group: the server shuts the pool down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from gql.logs import configure, install_record_factory
-
     configure(settings.log_level, settings.log_json)
     install_record_factory()
     metrics.capture()  # counted by the server: events go back with each answer
@@ -159,87 +158,44 @@ def _store_job(keys: dict[str, str], generations: dict[str, int], stored: Stored
     return _worker.store(keys, generations, stored)
 
 
-def _run_job(job: Job) -> Answer | str:
+def _run_job(job: Job) -> _Reply | Wanted:
     assert _worker is not None, "worker not started"
     return _worker.run(job)
 
 
 class _Worker:
     def __init__(self, settings: Settings) -> None:
-        from gql.cache import ResultCache, cache_config
-        from gql.schema import Backend, build_schema
-
         # The loop runs in its own thread, all the time: background work (a stale value's recomputation,
         # storing a value after it was returned) goes on between jobs.
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="gql-worker-loop", daemon=True).start()
         self.schema = build_schema(settings)
-        self.snapshots: OrderedDict[str, PriceStore] = OrderedDict()
-        self.backend = Backend(
-            settings=settings,
-            feed=None,
+        self.snapshots: LRU[str, PriceStore] = LRU(max_entries=_KEPT_SNAPSHOTS)
+        self.service = Service(
+            settings,
             # No in-process fallback here: the server sends work to workers only while Redis is in use,
             # and a worker's private cache would not see a refresh made through the server.
-            cache=ResultCache(replace(cache_config(settings), local_entries=0)),
+            cache=ResultCache(settings, local_entries=0),
             pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="gql-compute"),
         )
-        asyncio.run_coroutine_threadsafe(self.backend.cache.warm(), self.loop).result()
+        asyncio.run_coroutine_threadsafe(self.service.cache.warm(), self.loop).result()
 
-    def run(self, job: Job) -> Answer | str:
+    def run(self, job: Job) -> _Reply | Wanted:
         if job.snapshot is not None:
-            self.snapshots[job.data_version] = job.snapshot
-            while len(self.snapshots) > _KEPT_SNAPSHOTS:
-                self.snapshots.popitem(last=False)
+            self.snapshots.put(job.data_version, job.snapshot)
         snapshot = self.snapshots.get(job.data_version)
         if snapshot is None:
-            return SNAPSHOT_WANTED
-        self.snapshots.move_to_end(job.data_version)
+            return Wanted.SNAPSHOT
         return asyncio.run_coroutine_threadsafe(self._execute(job, snapshot), self.loop).result()
 
-    async def _execute(self, job: Job, snapshot: PriceStore) -> Answer:
-        from gql.logs import request_id
-
+    async def _execute(self, job: Job, snapshot: PriceStore) -> _Reply:
         request_id.set(job.request_id)
-        with self.backend.cache.request():
-            result = await self._executed(job, snapshot)
-        return self._answer(result, snapshot)
-
-    async def _executed(self, job: Job, snapshot: PriceStore) -> Any:
-        from gql.schema import Context
-
-        return await self.schema.execute(
-            job.query,
-            variable_values=job.variables,
-            context_value=Context(request=None, backend=self.backend, snapshot=snapshot),
-            operation_name=job.operation_name,
-            allowed_operation_types={OperationType.QUERY},
-        )
-
-    def _answer(self, result: Any, snapshot: PriceStore) -> Answer:
-        prefix = b'{"data":' + orjson.dumps(result.data)
-        tail = b""
-        if result.errors:
-            tail += b',"errors":' + _dumps([error.formatted for error in result.errors])
-        extensions = result.extensions or {}
-        if extensions:
-            tail += b',"extensions":' + _dumps(extensions)
-        tail += b"}"
-        report = list(extensions.get("cache") or [])
-        if result.errors or not stored_entries.storable(report):
-            return Answer(prefix, tail, report, None, metrics.take())
-        return Answer(prefix, tail, report, StoredResponse.from_report(prefix, report, snapshot.version), metrics.take())
+        with self.service.cache.link.request():
+            answer = await execute(self.schema, self.service, job.operation, snapshot)
+        return _Reply(answer, metrics.take())
 
     def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
         return asyncio.run_coroutine_threadsafe(self._store(keys, generations, stored), self.loop).result()
 
     async def _store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
-        return await stored_entries.write(self.backend.cache, keys, generations, stored.compressed()) is not None
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # a lone surrogate echoed from a variable into an error message
-        import json
-
-        return json.dumps(value, separators=(",", ":")).encode()
+        return await stored_entries.write(self.service.cache.raw, keys, generations, stored.compressed()) is not None

@@ -36,7 +36,7 @@ def statuses(body: dict) -> list[str]:
 
 
 def computations(client: TestClient) -> dict:
-    return dict(client.app.state.backend.cache.computations)
+    return dict(client.app.state.service.cache.computations)
 
 
 # --- queries and the cache ------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_cache_report_has_an_entry_per_field_with_aliases_in_query_order(client)
 
 
 def test_equivalent_arguments_share_one_entry(client):
-    store = client.app.state.backend.feed.current
+    store = client.app.state.service.feed.current
     gql(client, CHART)
     # Defaults written out, dates beyond the data, lower case codes: all the same question.
     explicit = gql(client, CHART, codes=[c.lower() for c in store.codes], start="1990-01-01", end="2099-12-31", f="DAILY")
@@ -106,7 +106,7 @@ def test_codes_come_back_in_the_order_asked(client):
 
 
 def test_chart_values_are_the_analytics_of_the_data(client):
-    store = client.app.state.backend.feed.current
+    store = client.app.state.service.feed.current
     body = gql(client, CHART, codes=["000905"], start="2015-06-01", end="2015-12-31", f="WEEKLY")
     series = body["data"]["indexChart"]["series"][0]
     expected = analytics.series_chart(store["000905"].closes, store.first_date.replace(2015, 6, 1), store.first_date.replace(2015, 12, 31), analytics.Frequency.WEEKLY)
@@ -142,7 +142,7 @@ def test_ttl_expiry_recomputes(settings):
         # Past its TTL, within the stale period: answered at once, recomputed in the background.
         stale = gql(client, YIELD)
         assert statuses(stale) == ["STALE"] and stale["extensions"]["cache"][0]["ttlSeconds"] == 0
-        client.portal.call(client.app.state.backend.cache.drain)
+        client.portal.call(client.app.state.service.cache.drain)
         assert statuses(gql(client, YIELD)) == ["HIT"]
         assert computations(client) == {"yieldThisYear": 2}
 

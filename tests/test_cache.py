@@ -10,7 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from gql.cache import BreakerState, CacheConfig, CacheState, CacheStatus, ComputationError, ResultCache, cache_key
+from gql.cache import BreakerState, CacheState, CacheStatus, ComputationError, ResultCache
+from gql.cache.entries import Computation
+from gql.cache.keys import Keys
+from gql.config import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -19,12 +22,18 @@ PARTS = {"codes": ["000300"], "asOf": "2024-05-06"}
 
 def make_cache(url: str, **changes) -> ResultCache:
     # No TTL jitter or early refresh unless a test asks: lifetimes are then exact.
-    config = dict(redis_url=url, prefix=f"t-{uuid.uuid4().hex[:8]}", retry_seconds=0.1, ttl_jitter=0.0, early_refresh=0.0)
+    config = dict(
+        redis_url=url, cache_prefix=f"t-{uuid.uuid4().hex[:8]}", redis_retry_seconds=0.1, cache_ttl_jitter=0.0, cache_early_refresh=0.0
+    )
     config.update(changes)
-    return ResultCache(CacheConfig(**config))
+    return ResultCache(Settings(**config))
 
 
-class Computation:
+def cache_key(prefix: str, namespace: str, parts) -> str:
+    return Keys(prefix).entry(namespace, parts).name
+
+
+class Counted:
     """A computation that counts its runs and can be held at a gate."""
 
     def __init__(self, value=None) -> None:
@@ -43,7 +52,7 @@ class Computation:
 
 async def test_hit_returns_exactly_what_the_miss_returned(redis_server):
     cache = make_cache(redis_server.url)
-    compute = Computation({"nested": {"a": [1.0, 0.1 + 0.2, -8.08]}, "s": "沪深300", "flag": True})
+    compute = Counted({"nested": {"a": [1.0, 0.1 + 0.2, -8.08]}, "s": "沪深300", "flag": True})
     first = await cache.get_or_compute("ns", PARTS, 60, compute)
     second = await cache.get_or_compute("ns", PARTS, 60, compute)
     assert first.status is CacheStatus.MISS and second.status is CacheStatus.HIT
@@ -54,7 +63,7 @@ async def test_hit_returns_exactly_what_the_miss_returned(redis_server):
 
 async def test_past_its_ttl_a_value_is_served_stale_and_recomputed_in_the_background(redis_server):
     cache = make_cache(redis_server.url)
-    compute = Computation()
+    compute = Counted()
     await cache.get_or_compute("ns", PARTS, 0.3, compute)
     assert (await cache.get_or_compute("ns", PARTS, 0.3, compute)).status is CacheStatus.HIT
     await asyncio.sleep(0.45)
@@ -67,8 +76,8 @@ async def test_past_its_ttl_a_value_is_served_stale_and_recomputed_in_the_backgr
 
 
 async def test_past_the_stale_period_a_value_is_recomputed_before_answering(redis_server):
-    cache = make_cache(redis_server.url, stale_seconds=0.1)
-    compute = Computation()
+    cache = make_cache(redis_server.url, cache_stale_seconds=0.1)
+    compute = Counted()
     await cache.get_or_compute("ns", PARTS, 0.2, compute)
     await asyncio.sleep(0.4)
     again = await cache.get_or_compute("ns", PARTS, 0.2, compute)
@@ -77,16 +86,16 @@ async def test_past_the_stale_period_a_value_is_recomputed_before_answering(redi
 
 
 async def test_entry_lives_in_redis_for_its_ttl_plus_the_longer_of_stale_and_fail_safe_periods(redis_server):
-    cache = make_cache(redis_server.url, stale_seconds=30, fail_safe_seconds=600)
-    await cache.get_or_compute("ns", PARTS, 120, Computation())
-    key = cache_key(cache.config.prefix, "ns", PARTS)
+    cache = make_cache(redis_server.url, cache_stale_seconds=30, cache_fail_safe_seconds=600)
+    await cache.get_or_compute("ns", PARTS, 120, Counted())
+    key = cache_key(cache.keys.prefix, "ns", PARTS)
     assert 710_000 < redis_server.client().pttl(key) <= 720_000
     await cache.close()
 
 
 async def test_other_arguments_are_other_keys_and_key_order_does_not_matter(redis_server):
     cache = make_cache(redis_server.url)
-    compute = Computation()
+    compute = Counted()
     await cache.get_or_compute("ns", {"a": 1, "b": 2}, 60, compute)
     assert (await cache.get_or_compute("ns", {"b": 2, "a": 1}, 60, compute)).status is CacheStatus.HIT
     assert (await cache.get_or_compute("ns", {"a": 1, "b": 3}, 60, compute)).status is CacheStatus.MISS
@@ -102,7 +111,7 @@ def test_keys_hold_no_user_text():
 
 async def test_concurrent_misses_share_one_computation(redis_server):
     cache = make_cache(redis_server.url)
-    compute = Computation()
+    compute = Counted()
     compute.gate = asyncio.Event()
     calls = [asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute)) for _ in range(20)]
     await compute.started.wait()
@@ -115,7 +124,7 @@ async def test_concurrent_misses_share_one_computation(redis_server):
 
 async def test_a_cancelled_caller_does_not_cancel_the_shared_computation(redis_server):
     cache = make_cache(redis_server.url)
-    compute = Computation()
+    compute = Counted()
     compute.gate = asyncio.Event()
     first = asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute))
     second = asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute))
@@ -130,7 +139,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_computation(redis_s
 
 async def test_invalidate_makes_every_variant_stale(redis_server):
     cache = make_cache(redis_server.url)
-    compute = Computation()
+    compute = Counted()
     for day in ("2024-01-02", "2024-03-04"):
         await cache.get_or_compute("ns", {"asOf": day}, 60, compute)
     await cache.get_or_compute("kept", PARTS, 60, compute)
@@ -144,48 +153,48 @@ async def test_invalidate_makes_every_variant_stale(redis_server):
 
 async def test_a_computation_started_before_invalidate_does_not_store_its_value(redis_server):
     cache = make_cache(redis_server.url)
-    slow = Computation({"computed": "before refresh"})
+    slow = Counted({"computed": "before refresh"})
     slow.gate = asyncio.Event()
     in_flight = asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, slow))
     await slow.started.wait()
     await cache.invalidate("ns")
-    fresh = await cache.get_or_compute("ns", PARTS, 60, Computation({"computed": "after refresh"}))
+    fresh = await cache.get_or_compute("ns", PARTS, 60, Counted({"computed": "after refresh"}))
     assert fresh.value == {"computed": "after refresh"}
     slow.gate.set()
     await in_flight
-    again = await cache.get_or_compute("ns", PARTS, 60, Computation({"computed": "third"}))
+    again = await cache.get_or_compute("ns", PARTS, 60, Counted({"computed": "third"}))
     assert again.status is CacheStatus.HIT and again.value == {"computed": "after refresh"}
     await cache.close()
 
 
 async def test_a_corrupt_entry_is_a_miss_and_is_overwritten(redis_server, caplog):
     cache = make_cache(redis_server.url)
-    key = cache_key(cache.config.prefix, "ns", PARTS)
+    key = cache_key(cache.keys.prefix, "ns", PARTS)
     client = redis_server.client()
     for junk in (b"\x00not json", b'{"f": 1, "g": 0}', b"[1, 2, 3]"):
         client.set(key, junk)
         with caplog.at_level(logging.WARNING, logger="gql.cache"):
-            result = await cache.get_or_compute("ns", PARTS, 60, Computation({"ok": True}))
+            result = await cache.get_or_compute("ns", PARTS, 60, Counted({"ok": True}))
         assert result.status is CacheStatus.MISS and result.value == {"ok": True}
-        assert (await cache.get_or_compute("ns", PARTS, 60, Computation())).status is CacheStatus.HIT
+        assert (await cache.get_or_compute("ns", PARTS, 60, Counted())).status is CacheStatus.HIT
     assert sum("cannot be decoded" in r.message for r in caplog.records) == 1  # logged once per key
     await cache.close()
 
 
 async def test_disabled_cache_bypasses_redis(redis_server):
-    cache = make_cache(redis_server.url, enabled=False)
-    compute = Computation()
+    cache = make_cache(redis_server.url, cache_enabled=False)
+    compute = Counted()
     for _ in range(2):
         result = await cache.get_or_compute("ns", PARTS, 60, compute)
         assert result.status is CacheStatus.BYPASS
     assert compute.runs == 2 and cache.state is CacheState.DISABLED
-    assert not redis_server.client().keys(f"{cache.config.prefix}:*")
+    assert not redis_server.client().keys(f"{cache.keys.prefix}:*")
     await cache.close()
 
 
 async def test_redis_stopped_then_back(own_redis):
-    cache = make_cache(own_redis.url, breaker_failures=1)
-    compute = Computation()
+    cache = make_cache(own_redis.url, redis_breaker_failures=1)
+    compute = Counted()
     await cache.get_or_compute("ns", PARTS, 60, compute)
     own_redis.stop()
     # Still answering: computed once, then served from the in-process cache.
@@ -198,13 +207,13 @@ async def test_redis_stopped_then_back(own_redis):
     back = await cache.get_or_compute("ns", PARTS, 60, compute)
     assert cache.state is CacheState.OK and back.status is CacheStatus.MISS
     assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
-    assert own_redis.client().keys(f"{cache.config.prefix}:entry:*")
+    assert own_redis.client().keys(f"{cache.keys.prefix}:entry:*")
     await cache.close()
 
 
 async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_redis):
-    cache = make_cache(own_redis.url, timeout=0.1, retry_seconds=30, breaker_failures=3)
-    compute = Computation()
+    cache = make_cache(own_redis.url, redis_timeout=0.1, redis_retry_seconds=30, redis_breaker_failures=3)
+    compute = Counted()
     await cache.get_or_compute("ns", PARTS, 60, compute)
     own_redis.freeze()
     try:
@@ -215,13 +224,13 @@ async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_red
         assert cache.breaker_state is BreakerState.OPEN
         # While the breaker is open, Redis is not asked at all: served from the in-process cache.
         calls = []
-        original = cache._redis.execute_command
+        original = cache.link.reader.execute_command
 
         async def counted(*args, **kwargs):
             calls.append(args[0])
             return await original(*args, **kwargs)
 
-        cache._redis.execute_command = counted
+        cache.link.reader.execute_command = counted
         assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
         assert calls == []
     finally:
@@ -230,44 +239,44 @@ async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_red
 
 
 async def test_the_breaker_probes_after_its_cool_down_and_closes_when_redis_answers(own_redis):
-    cache = make_cache(own_redis.url, retry_seconds=0.3, breaker_failures=1, timeout=0.05)
-    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    cache = make_cache(own_redis.url, redis_retry_seconds=0.3, redis_breaker_failures=1, redis_timeout=0.05)
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.freeze()
     try:
         for _ in range(5):  # timeouts open it once they have gone on for 5 x the bound
-            await cache.get_or_compute("ns", PARTS, 60, Computation())
+            await cache.get_or_compute("ns", PARTS, 60, Counted())
         assert cache.breaker_state is BreakerState.OPEN
         await asyncio.sleep(0.4)
-        await cache.get_or_compute("ns", PARTS, 60, Computation())  # the probe fails: open again
+        await cache.get_or_compute("ns", PARTS, 60, Counted())  # the probe fails: open again
         assert cache.breaker_state is BreakerState.OPEN
     finally:
         own_redis.thaw()
     await asyncio.sleep(0.4)
-    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
     assert cache.breaker_state is BreakerState.CLOSED and cache.state is CacheState.OK
     await cache.close()
 
 
 def test_every_redis_call_is_bounded_and_never_retried():
-    cache = ResultCache(CacheConfig())
-    for client in (cache._redis, cache._listener_client):
+    cache = ResultCache(Settings())
+    for client in (cache.link.reader, cache.link.listener):
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] <= 0.1 and kwargs["socket_connect_timeout"] <= 0.1
         assert kwargs["retry"].get_retries() == 0
-    writer = cache._writer.connection_pool.connection_kwargs
+    writer = cache.link.writer.connection_pool.connection_kwargs
     assert writer["socket_connect_timeout"] <= 0.1 and writer["retry"].get_retries() == 0
 
 
 async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis):
-    cache = make_cache(own_redis.url, breaker_failures=1)
-    await cache.get_or_compute("ns", PARTS, 60, Computation({"old": True}))
+    cache = make_cache(own_redis.url, redis_breaker_failures=1)
+    await cache.get_or_compute("ns", PARTS, 60, Counted({"old": True}))
     own_redis.freeze()
     try:
         await cache.invalidate("ns")
     finally:
         own_redis.thaw()
     await asyncio.sleep(0.15)
-    after = await cache.get_or_compute("ns", PARTS, 60, Computation({"new": True}))
+    after = await cache.get_or_compute("ns", PARTS, 60, Counted({"new": True}))
     assert after.value == {"new": True} and after.status is CacheStatus.REFRESHED
     await cache.close()
 
@@ -277,7 +286,7 @@ async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis)
 
 def twin(cache: ResultCache, **changes) -> ResultCache:
     """Another cache on the same Redis and prefix: what another process or host would have."""
-    return ResultCache(replace(cache.config, **changes))
+    return ResultCache(replace(cache.settings, **changes))
 
 
 class Failing:
@@ -292,9 +301,9 @@ class Failing:
 
 
 async def test_concurrent_misses_in_two_processes_run_one_computation(redis_server):
-    first = make_cache(redis_server.url, lease_seconds=30)
+    first = make_cache(redis_server.url, cache_lease_seconds=30)
     second = twin(first)
-    compute = Computation()
+    compute = Counted()
     compute.gate = asyncio.Event()
     calls = [asyncio.ensure_future(c.get_or_compute("ns", PARTS, 60, compute)) for c in (first, second) * 10]
     await compute.started.wait()
@@ -309,9 +318,9 @@ async def test_concurrent_misses_in_two_processes_run_one_computation(redis_serv
 
 
 async def test_a_computation_longer_than_its_lease_still_runs_once(redis_server):
-    first = make_cache(redis_server.url, lease_seconds=0.3)
+    first = make_cache(redis_server.url, cache_lease_seconds=0.3)
     second = twin(first)
-    compute = Computation()
+    compute = Counted()
     compute.gate = asyncio.Event()
     holder = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, compute))
     await compute.started.wait()
@@ -324,12 +333,12 @@ async def test_a_computation_longer_than_its_lease_still_runs_once(redis_server)
 
 
 async def test_when_the_lease_holder_dies_another_process_takes_over(redis_server):
-    cache = make_cache(redis_server.url, lease_seconds=0.5)
+    cache = make_cache(redis_server.url, cache_lease_seconds=0.5)
     # What a holder killed mid-computation leaves behind: its lease, running out, never extended.
     generation = 0
-    lease = cache._lease_key(cache_key(cache.config.prefix, "ns", PARTS), f"compute:{generation}")
+    lease = cache.keys.compute_lease(cache.keys.entry("ns", PARTS), generation)
     redis_server.client().set(lease, "dead-holder", px=500)
-    compute = Computation({"computed": "by the survivor"})
+    compute = Counted({"computed": "by the survivor"})
     began = asyncio.get_running_loop().time()
     result = await asyncio.wait_for(cache.get_or_compute("ns", PARTS, 60, compute), timeout=5)
     assert result.value == {"computed": "by the survivor"} and compute.runs == 1
@@ -338,7 +347,7 @@ async def test_when_the_lease_holder_dies_another_process_takes_over(redis_serve
 
 
 async def test_a_failure_is_shared_with_the_waiting_processes(redis_server):
-    first = make_cache(redis_server.url, lease_seconds=30)
+    first = make_cache(redis_server.url, cache_lease_seconds=30)
     second = twin(first)
     gate = asyncio.Event()
     runs = 0
@@ -368,7 +377,7 @@ async def test_a_failure_is_shared_with_the_waiting_processes(redis_server):
 async def test_a_stale_value_is_recomputed_once_across_processes(redis_server):
     first = make_cache(redis_server.url)
     second = twin(first)
-    compute = Computation()
+    compute = Counted()
     await first.get_or_compute("ns", PARTS, 0.2, compute)
     await asyncio.sleep(0.3)
     compute.gate = asyncio.Event()
@@ -390,13 +399,13 @@ async def test_hot_keys_are_recomputed_before_they_expire_when_early_refresh_is_
         return {"at": time.time()}
 
     # 50 ms x 1e7: "about to expire" with a probability of 1 - e^(-60 / 5e5), i.e. all but always.
-    eager = make_cache(redis_server.url, early_refresh=1e7)
+    eager = make_cache(redis_server.url, cache_early_refresh=1e7)
     first = await eager.get_or_compute("ns", PARTS, 60, slowish)
     hit = await eager.get_or_compute("ns", PARTS, 60, slowish)
     assert hit.status is CacheStatus.HIT and hit.value == first.value  # answered from the cache...
     await eager.drain()
     assert eager.computations["ns"] == 2  # ...and recomputed in the background
-    never = make_cache(redis_server.url, early_refresh=0.0)
+    never = make_cache(redis_server.url, cache_early_refresh=0.0)
     await never.get_or_compute("ns", PARTS, 60, slowish)
     await never.get_or_compute("ns", PARTS, 60, slowish)
     await never.drain()
@@ -409,8 +418,8 @@ async def test_hot_keys_are_recomputed_before_they_expire_when_early_refresh_is_
 
 
 async def test_a_failed_computation_is_answered_with_the_last_good_value(redis_server):
-    first = make_cache(redis_server.url, stale_seconds=0, fail_safe_retry_seconds=0.5)
-    await first.get_or_compute("ns", PARTS, 0.1, Computation({"good": 1}))
+    first = make_cache(redis_server.url, cache_stale_seconds=0, cache_fail_safe_retry_seconds=0.5)
+    await first.get_or_compute("ns", PARTS, 0.1, Counted({"good": 1}))
     await asyncio.sleep(0.2)
     failing = Failing()
     kept = await first.get_or_compute("ns", PARTS, 0.1, failing)
@@ -426,15 +435,15 @@ async def test_a_failed_computation_is_answered_with_the_last_good_value(redis_s
     assert failing.runs == 2
     # Once it succeeds, the new value replaces the old one and the throttle is gone.
     await asyncio.sleep(0.6)
-    recovered = await second.get_or_compute("ns", PARTS, 60, Computation({"good": 2}))
+    recovered = await second.get_or_compute("ns", PARTS, 60, Counted({"good": 2}))
     assert recovered.status is CacheStatus.MISS and recovered.value == {"good": 2} and recovered.error is None
     for cache in (first, second):
         await cache.close()
 
 
 async def test_a_value_older_than_the_fail_safe_limit_does_not_stand_in(redis_server):
-    cache = make_cache(redis_server.url, stale_seconds=0, fail_safe_seconds=0.2)
-    await cache.get_or_compute("ns", PARTS, 0.1, Computation({"good": 1}))
+    cache = make_cache(redis_server.url, cache_stale_seconds=0, cache_fail_safe_seconds=0.2)
+    await cache.get_or_compute("ns", PARTS, 0.1, Counted({"good": 1}))
     await asyncio.sleep(0.4)
     with pytest.raises(ComputationError):
         await cache.get_or_compute("ns", PARTS, 0.1, Failing())
@@ -448,7 +457,7 @@ async def test_with_no_earlier_value_a_failure_is_an_error_and_nothing_is_cached
         with pytest.raises(ComputationError, match="computing ns failed and no earlier result is cached"):
             await cache.get_or_compute("ns", PARTS, 60, failing)
     assert failing.runs == 2  # not throttled: there is nothing to serve instead
-    assert not redis_server.client().keys(f"{cache.config.prefix}:entry:*")
+    assert not redis_server.client().keys(f"{cache.keys.prefix}:entry:*")
     await cache.close()
 
 
@@ -472,17 +481,17 @@ async def test_a_refused_argument_error_reaches_the_caller_as_it_is(redis_server
 async def test_a_computation_held_at_a_barrier_does_not_overwrite_a_refresh(redis_server):
     first = make_cache(redis_server.url)
     second = twin(first)
-    old = Computation({"computed": "before refresh"})
+    old = Counted({"computed": "before refresh"})
     old.gate = asyncio.Event()
     in_flight = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, old))
     await old.started.wait()
-    refreshed = await second.refresh("ns", PARTS, 60, Computation({"computed": "by the refresh"}))
+    refreshed = await second.refresh("ns", PARTS, 60, Counted({"computed": "by the refresh"}))
     assert refreshed.value == {"computed": "by the refresh"}
     old.gate.set()
     assert (await in_flight).value == {"computed": "before refresh"}  # its own caller still gets it
     await first.drain()
     for cache in (first, second):
-        after = await cache.get_or_compute("ns", PARTS, 60, Computation({"computed": "third"}))
+        after = await cache.get_or_compute("ns", PARTS, 60, Counted({"computed": "third"}))
         assert after.status is CacheStatus.HIT and after.value == {"computed": "by the refresh"}
     for cache in (first, second):
         await cache.close()
@@ -491,8 +500,8 @@ async def test_a_computation_held_at_a_barrier_does_not_overwrite_a_refresh(redi
 async def test_concurrent_refreshes_coalesce_into_one_computation(redis_server):
     first = make_cache(redis_server.url)
     second = twin(first)
-    await first.get_or_compute("ns", PARTS, 60, Computation({"old": True}))
-    compute = Computation({"new": True})
+    await first.get_or_compute("ns", PARTS, 60, Counted({"old": True}))
+    compute = Counted({"new": True})
     compute.gate = asyncio.Event()
     calls = [asyncio.ensure_future(c.refresh("ns", PARTS, 60, compute)) for c in (first, second, first, second)]
     await compute.started.wait()
@@ -510,35 +519,35 @@ async def test_concurrent_refreshes_coalesce_into_one_computation(redis_server):
 
 async def test_entries_of_the_right_format_but_the_wrong_shape_are_misses(redis_server):
     cache = make_cache(redis_server.url)
-    key = cache_key(cache.config.prefix, "ns", PARTS)
+    key = cache_key(cache.keys.prefix, "ns", PARTS)
     client = redis_server.client()
     for junk in (b'{"f": 2, "g": 0, "t": "yesterday", "ttl": 60, "d": 0, "v": 1}',
                  b'{"f": 2, "g": 0, "t": NaN, "ttl": 60, "d": 0, "v": 1}',
                  b'{"f": 2, "g": 0, "t": 1e400, "ttl": 60, "d": 0, "v": 1}',
                  b'{"f": 2, "v": 1}'):
         client.set(key, junk)
-        result = await cache.get_or_compute("ns", PARTS, 60, Computation({"ok": True}))
+        result = await cache.get_or_compute("ns", PARTS, 60, Counted({"ok": True}))
         assert result.status is CacheStatus.MISS and result.value == {"ok": True}
     await cache.close()
 
 
 async def test_ttls_of_values_written_together_are_spread(redis_server):
-    cache = make_cache(redis_server.url, ttl_jitter=0.1)
-    results = [await cache.get_or_compute("ns", {"i": i}, 100, Computation()) for i in range(20)]
+    cache = make_cache(redis_server.url, cache_ttl_jitter=0.1)
+    results = [await cache.get_or_compute("ns", {"i": i}, 100, Counted()) for i in range(20)]
     fresh = [r.ttl_seconds for r in results]
     assert all(90 <= t <= 100 for t in fresh) and len({round(t, 3) for t in fresh}) > 15
     client = redis_server.client()
-    expiries = {client.pttl(cache_key(cache.config.prefix, "ns", {"i": i})) // 100 for i in range(20)}
+    expiries = {client.pttl(cache_key(cache.keys.prefix, "ns", {"i": i})) // 100 for i in range(20)}
     assert len(expiries) > 15
     await cache.close()
 
 
 async def test_while_the_breaker_is_open_concurrent_misses_share_one_computation(own_redis):
-    cache = make_cache(own_redis.url, breaker_failures=1, retry_seconds=30)
+    cache = make_cache(own_redis.url, redis_breaker_failures=1, redis_retry_seconds=30)
     own_redis.stop()
-    await cache.get_or_compute("other", PARTS, 60, Computation())  # opens the breaker
+    await cache.get_or_compute("other", PARTS, 60, Counted())  # opens the breaker
     assert cache.state is CacheState.DEGRADED
-    compute = Computation()
+    compute = Counted()
     compute.gate = asyncio.Event()
     calls = [asyncio.ensure_future(cache.get_or_compute("ns", PARTS, 60, compute)) for _ in range(10)]
     await compute.started.wait()
@@ -556,11 +565,11 @@ async def test_lookups_are_counted_by_outcome(redis_server):
         return REGISTRY.get_sample_value("gql_cache_lookups_total", {"field": "metered", "outcome": outcome}) or 0.0
 
     before = {o: count(o) for o in ("hit", "miss", "stale", "error")}
-    cache = make_cache(redis_server.url, stale_seconds=0.2, fail_safe_retry_seconds=0)
-    await cache.get_or_compute("metered", PARTS, 0.1, Computation())  # miss
-    await cache.get_or_compute("metered", PARTS, 0.1, Computation())  # hit
+    cache = make_cache(redis_server.url, cache_stale_seconds=0.2, cache_fail_safe_retry_seconds=0)
+    await cache.get_or_compute("metered", PARTS, 0.1, Counted())  # miss
+    await cache.get_or_compute("metered", PARTS, 0.1, Counted())  # hit
     await asyncio.sleep(0.15)
-    await cache.get_or_compute("metered", PARTS, 0.1, Computation())  # stale
+    await cache.get_or_compute("metered", PARTS, 0.1, Counted())  # stale
     await cache.drain()
     with pytest.raises(ComputationError):
         await cache.get_or_compute("metered", {"other": 1}, 0.1, Failing())  # error
@@ -570,16 +579,16 @@ async def test_lookups_are_counted_by_outcome(redis_server):
 
 
 async def test_a_request_scope_remembers_a_failed_redis_call(own_redis):
-    cache = make_cache(own_redis.url, breaker_failures=10)
-    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    cache = make_cache(own_redis.url, redis_breaker_failures=10)
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.freeze()
     try:
-        with cache.request():
-            assert not cache.failed_in_this_request()
-            await cache.get_or_compute("ns", PARTS, 60, Computation())
-            assert cache.failed_in_this_request()  # the response layer then keeps it out of query workers
-        with cache.request():
-            assert not cache.failed_in_this_request()
+        with cache.link.request():
+            assert not cache.link.failed_in_this_request()
+            await cache.get_or_compute("ns", PARTS, 60, Counted())
+            assert cache.link.failed_in_this_request()  # the response layer then keeps it out of query workers
+        with cache.link.request():
+            assert not cache.link.failed_in_this_request()
     finally:
         own_redis.thaw()
     await cache.close()
@@ -588,15 +597,15 @@ async def test_a_request_scope_remembers_a_failed_redis_call(own_redis):
 async def test_timeouts_open_the_breaker_only_when_they_go_on(own_redis):
     """A burst can hold the event loop past the bound while Redis is fine; a short run of timeouts
     must not make a process stop using Redis (and so lose fleet-wide single flight)."""
-    cache = make_cache(own_redis.url, breaker_failures=3, timeout=0.05)
-    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    cache = make_cache(own_redis.url, redis_breaker_failures=3, redis_timeout=0.05)
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.freeze()
     try:
         for _ in range(3):
-            cache._breaker.failed(timed_out=True)
+            cache.link.breaker.failed(timed_out=True)
         assert cache.breaker_state is BreakerState.CLOSED  # three timeouts at once: not yet
         await asyncio.sleep(0.3)  # 5 x the bound with nothing but failures
-        cache._breaker.failed(timed_out=True)
+        cache.link.breaker.failed(timed_out=True)
         assert cache.breaker_state is BreakerState.OPEN
     finally:
         own_redis.thaw()
@@ -604,11 +613,11 @@ async def test_timeouts_open_the_breaker_only_when_they_go_on(own_redis):
 
 
 async def test_refused_connections_open_the_breaker_at_once(own_redis):
-    cache = make_cache(own_redis.url, breaker_failures=3)
-    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    cache = make_cache(own_redis.url, redis_breaker_failures=3)
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.stop()
-    await cache.get_or_compute("ns", PARTS, 60, Computation())  # lookup, its retry, a lease: refused
-    await cache.get_or_compute("ns", PARTS, 60, Computation())
+    await cache.get_or_compute("ns", PARTS, 60, Counted())  # lookup, its retry, a lease: refused
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
     assert cache.breaker_state is BreakerState.OPEN
     await cache.close()
 
@@ -617,28 +626,28 @@ async def test_a_slow_call_answering_after_the_breaker_opened_does_not_close_it(
     """Only the probe closes the breaker: it first applies the refreshes made while Redis was out."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from gql.cache import _Unavailable
+    from gql.cache.redis_link import Unavailable
 
-    cache = make_cache(redis_server.url, breaker_failures=3, retry_seconds=30)
-    await cache.get_or_compute("ns", PARTS, 600, Computation({"v": "old"}))
+    cache = make_cache(redis_server.url, redis_breaker_failures=3, redis_retry_seconds=30)
+    await cache.get_or_compute("ns", PARTS, 600, Counted({"v": "old"}))
 
     async def slow_but_fine():
         await asyncio.sleep(0.3)
-        return await cache._redis.ping()
+        return await cache.link.reader.ping()
 
     async def refused():
         raise RedisConnectionError("refused")
 
-    in_flight = asyncio.ensure_future(cache._call(slow_but_fine))
+    in_flight = asyncio.ensure_future(cache.link.call(slow_but_fine))
     await asyncio.sleep(0.01)
     for _ in range(3):
-        with pytest.raises(_Unavailable):
-            await cache._call(refused)
+        with pytest.raises(Unavailable):
+            await cache.link.call(refused)
     assert cache.breaker_state is BreakerState.OPEN
     await cache.invalidate("ns")  # a refresh while Redis is out
     await in_flight
     assert cache.breaker_state is BreakerState.OPEN
-    after = await cache.get_or_compute("ns", PARTS, 600, Computation({"v": "new"}))
+    after = await cache.get_or_compute("ns", PARTS, 600, Counted({"v": "new"}))
     assert after.value == {"v": "new"}
     await cache.close()
 
@@ -669,7 +678,7 @@ async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_aga
 
         b._lookup = slow_lookup
     else:  # b's read of the entry happens just before a stores, its look at the lease just after
-        get = b._redis.get
+        get = b.link.reader.get
 
         async def slow_get(*args, **kwargs):
             found = await get(*args, **kwargs)
@@ -677,7 +686,7 @@ async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_aga
                 await asyncio.sleep(0.25)
             return found
 
-        b._redis.get = slow_get
+        b.link.reader.get = slow_get
     first = asyncio.ensure_future(a.get_or_compute("ns", PARTS, 60, computation("a")))
     await asyncio.sleep(0.05)
     second = await b.get_or_compute("ns", PARTS, 60, computation("b"))
@@ -688,12 +697,12 @@ async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_aga
 
 async def test_a_miss_that_joins_a_background_recomputation_left_to_another_process_still_gets_a_value(redis_server):
     cache = make_cache(redis_server.url)
-    key = cache_key(cache.config.prefix, "ns", PARTS)
+    key = cache.keys.entry("ns", PARTS)
     # Another process holds the lease (and dies): this process's background recomputation leaves it alone...
-    redis_server.client().set(cache._lease_key(key, "compute:0"), "other-process", px=300)
-    compute = Computation({"v": 1})
-    cache._revalidate("ns", key, 0, 60, compute, True, 0.0)
+    redis_server.client().set(cache.keys.compute_lease(key, 0), "other-process", px=300)
+    compute = Counted({"v": 1})
+    cache._flights.revalidate(Computation(key, 60, compute), 0, True, 0.0)
     # ...and a miss arriving meanwhile joins that flight; it must not come back empty-handed.
-    value, _ = await asyncio.wait_for(cache._fill("ns", key, 0, 60, compute, True), timeout=5)
+    value = (await asyncio.wait_for(cache._flights.fill(Computation(key, 60, compute), 0, True), timeout=5)).value
     assert value == {"v": 1} and compute.runs == 1
     await cache.close()

@@ -152,6 +152,6 @@ def test_export_schema_is_the_committed_schema():
 
 def test_refresh_targets_are_the_schema_targets():
     from gql.cli import TARGETS
-    from gql.schema import CacheTarget
+    from gql.schema.types import CacheTarget
 
     assert TARGETS == tuple(t.value for t in CacheTarget)

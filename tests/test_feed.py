@@ -22,6 +22,7 @@ from gql.config import Settings
 from gql.data import IndexHistory, IndexMeta, PriceSource, make_closes, write_index_file
 from gql.feed import DataFeed
 from gql.versions import CODE_VERSION, code_version
+from gql.execution import Operation
 from gql.workers import Job, QueryWorkers
 from tests.conftest import data_version_of, running_server, wait_until, with_settings
 from tests.test_app import ADMIN, statuses
@@ -74,7 +75,7 @@ def test_a_request_answers_from_the_data_it_began_with(settings, data_dir, tmp_p
         answer: dict = {}
         asking = threading.Thread(target=lambda: answer.update(post(client, ALL)))
         asking.start()
-        wait_until(lambda: client.app.state.backend.cache.computations or None, "a computation has begun", 10)
+        wait_until(lambda: client.app.state.service.cache.computations or None, "a computation has begun", 10)
         write(data_dir, "AAA", 130.0, days=3)
         wait_until(lambda: data_version_of(client) != before, "the new data is picked up")
         asking.join(30)
@@ -188,8 +189,8 @@ def test_a_corrupt_file_among_good_ones_keeps_the_whole_last_good_snapshot(setti
         os.replace(tmp, bad)
         problem = wait_until(lambda: client.get("/healthz").json()["data"]["problem"], "/healthz names the problem")
         assert "BBB.csv, line 4" in problem and "expected YYYY-MM-DD and a positive number" in problem
-        client.portal.call(client.app.state.backend.feed.sync)  # looking again changes nothing, logs nothing
-        client.portal.call(client.app.state.backend.feed.sync)
+        client.portal.call(client.app.state.service.feed.sync)  # looking again changes nothing, logs nothing
+        client.portal.call(client.app.state.service.feed.sync)
         assert len(not_reloaded()) == 1, not_reloaded()
         assert "BBB.csv" in not_reloaded()[0] and good["extensions"]["dataVersion"] in not_reloaded()[0]
         # A good change beside the bad file is not served either: the data set is one version or the other.
@@ -238,7 +239,7 @@ def test_a_query_worker_answers_from_the_snapshot_it_is_sent(settings, data_dir)
     workers = QueryWorkers(with_settings(settings, data_dir=None), 1)
 
     async def ask(store) -> dict:
-        job = Job('{ yieldThisYear(codes: ["AAA"]) { lastDate yieldPct } }', None, None, "test", store.version)
+        job = Job(Operation('{ yieldThisYear(codes: ["AAA"]) { lastDate yieldPct } }', None, None), "test", store.version)
         answer = await workers.execute(job, store)
         assert answer is not None
         import orjson
@@ -259,20 +260,22 @@ def test_a_query_worker_answers_from_the_snapshot_it_is_sent(settings, data_dir)
 
 def test_the_code_version_covers_every_source_file(tmp_path):
     package = Path(gql.data.__file__).parent
-    for source in package.glob("*.py"):
-        (tmp_path / source.name).write_bytes(source.read_bytes())
+    for source in package.rglob("*.py"):
+        copy = tmp_path / source.relative_to(package)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(source.read_bytes())
     assert code_version(tmp_path) == CODE_VERSION
-    schema = tmp_path / "schema.py"
+    schema = tmp_path / "schema" / "resolvers.py"  # a module of a subpackage counts too
     schema.write_text(schema.read_text() + "\n# a fix\n")
     assert code_version(tmp_path) != CODE_VERSION
 
 
 def test_entries_of_other_code_are_never_served(settings, monkeypatch):
     import gql.responses
-    import gql.schema
+    import gql.service
 
     with TestClient(create_app(settings)) as client:
-        monkeypatch.setattr(gql.schema, "CODE_VERSION", "older-code")
+        monkeypatch.setattr(gql.service, "CODE_VERSION", "older-code")
         monkeypatch.setattr(gql.responses, "CODE_VERSION", "older-code")
         post(client, YIELD)
         client.portal.call(client.app.state.responses.drain)

@@ -10,7 +10,6 @@ import asyncio
 import datetime as dt
 import re
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,10 +19,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gql import analytics
-from gql import schema as gql_schema
-from gql.cache import CacheResult, CacheStatus, cache_key
+from gql.cache import CacheResult, CacheStatus
+from gql.cache.keys import Keys
+from gql.config import Settings
 from gql.data import IndexHistory, IndexMeta, PriceStore, make_closes
-from gql.schema import Frequency, UserInputError, resolve_as_of, resolve_codes, resolve_range
+from gql.errors import UserInputError
+from gql.schema.arguments import resolve_as_of, resolve_codes, resolve_range
+from gql.schema.types import CHART_NAMESPACE, YIELD_NAMESPACE, Frequency
+from gql.service import Service
 
 # Derandomized and without an example database: the same examples on every run and machine, and no
 # .hypothesis/ directory in the work tree.
@@ -95,15 +98,22 @@ class _RecordingCache:
         return CacheResult(await compute(), CacheStatus.BYPASS, 0.0, 0.0)
 
 
-def _backend(compute: bool) -> SimpleNamespace:
-    async def run(fn, store, *args):
+def cache_key(prefix: str, namespace: str, parts: dict[str, Any]) -> str:
+    return Keys(prefix).entry(namespace, parts).name
+
+
+class _RecordingService(Service):
+    """The real Service with a recording cache in place of ResultCache."""
+
+    def __init__(self, compute: bool) -> None:
+        super().__init__(Settings(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache())  # type: ignore[arg-type]
+        self._computing = compute
+
+    async def compute(self, fn, *args):
+        store, *rest = args
         # Computing is slow (a daily chart of four indexes takes ~20 ms); most properties only need to
         # know what would be computed: the analytics function and its arguments.
-        return fn(store, *args) if compute else (fn.__name__, *args)
-
-    return SimpleNamespace(
-        settings=SimpleNamespace(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache(), run=run, compute=run, ttl=lambda fixed: fixed
-    )
+        return fn(store, *rest) if self._computing else (fn.__name__, *rest)
 
 
 def chart_outcome(
@@ -113,30 +123,30 @@ def chart_outcome(
 
     The value is the computed chart, or with compute=False the call that would compute it.
     """
-    # Mirrors Query.index_chart; the key parts themselves come from the real gql.schema._chart.
-    backend = _backend(compute)
+    # Mirrors Query.index_chart; the key parts themselves come from the real Service.chart.
+    backend = _RecordingService(compute)
     try:
         resolved = resolve_codes(STORE, codes)
         lo, hi = resolve_range(STORE, resolved, start, end)
-        result = asyncio.run(gql_schema._chart(backend, resolved, lo, hi, frequency, STORE))
+        result = asyncio.run(backend.chart(resolved, lo, hi, analytics.Frequency[frequency.value], STORE))
     except UserInputError as exc:
         return ("error", exc.message)
     [(namespace, parts)] = backend.cache.calls
-    assert namespace == gql_schema.CHART_NAMESPACE
+    assert namespace == CHART_NAMESPACE
     return ("key", cache_key(PREFIX, namespace, parts), result.value)
 
 
 def yield_outcome(codes: Sequence[str] | None, as_of: dt.date | None, compute: bool = False):
     """("key", cache key, value) as Query.yield_this_year would build them, or ("error", message)."""
-    backend = _backend(compute)
+    backend = _RecordingService(compute)
     try:
         resolved = resolve_codes(STORE, codes)
         date = resolve_as_of(STORE, resolved, as_of)
-        result = asyncio.run(gql_schema._yields(backend, resolved, date, STORE))
+        result = asyncio.run(backend.yields(resolved, date, STORE))
     except UserInputError as exc:
         return ("error", exc.message)
     [(namespace, parts)] = backend.cache.calls
-    assert namespace == gql_schema.YIELD_NAMESPACE
+    assert namespace == YIELD_NAMESPACE
     return ("key", cache_key(PREFIX, namespace, parts), result.value)
 
 
@@ -304,7 +314,7 @@ def test_charts_and_yields_never_share_a_key(codes, as_of):
 user_text = st.text(min_size=1, max_size=40)
 part_values = st.one_of(user_text, st.lists(user_text, max_size=5).map(tuple), st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none())
 parts_dicts = st.dictionaries(st.text(min_size=1, max_size=12), part_values, min_size=1, max_size=8)
-namespaces = st.sampled_from([gql_schema.CHART_NAMESPACE, gql_schema.YIELD_NAMESPACE])
+namespaces = st.sampled_from([CHART_NAMESPACE, YIELD_NAMESPACE])
 
 
 @PROPERTY
@@ -328,7 +338,7 @@ def test_cache_key_changes_with_any_part(parts, namespace, data):
     name = data.draw(st.sampled_from(sorted(parts)))
     changed = data.draw(part_values.filter(lambda v: v != parts[name] and not (isinstance(v, tuple) and list(v) == parts[name])))
     assert cache_key(PREFIX, namespace, {**parts, name: changed}) != cache_key(PREFIX, namespace, parts)
-    other = next(n for n in (gql_schema.CHART_NAMESPACE, gql_schema.YIELD_NAMESPACE) if n != namespace)
+    other = next(n for n in (CHART_NAMESPACE, YIELD_NAMESPACE) if n != namespace)
     assert cache_key(PREFIX, other, parts) != cache_key(PREFIX, namespace, parts)
 
 

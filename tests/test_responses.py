@@ -41,7 +41,7 @@ def response_hits(client: TestClient) -> int:
 
 
 def field_lookups(client: TestClient) -> int:
-    cache = client.app.state.backend.cache
+    cache = client.app.state.service.cache
     return sum(cache.computations.values())
 
 
@@ -224,7 +224,7 @@ def test_while_redis_is_away_answers_are_kept_in_process_and_a_refresh_still_hol
         post(client, SMALL)
         own_redis.stop()
         first = post(client, SMALL)  # Redis fails: the breaker opens; answered through the resolvers
-        assert client.app.state.backend.cache.state.value == "degraded" and "errors" not in first.json()
+        assert client.app.state.service.cache.state.value == "degraded" and "errors" not in first.json()
         post(client, SMALL)  # executed in this process, and kept
         hits = response_hits(client)
         second = post(client, SMALL)
@@ -240,5 +240,5 @@ def test_while_redis_is_away_answers_are_kept_in_process_and_a_refresh_still_hol
         own_redis.start()
         time.sleep(0.4)
         back = post(client, SMALL)
-        assert client.app.state.backend.cache.state.value == "ok" and statuses(back.json()) == ["MISS"]
+        assert client.app.state.service.cache.state.value == "ok" and statuses(back.json()) == ["MISS"]
         assert not client.app.state.responses._degraded

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gql.cache import CacheConfig, ResultCache
+from gql.cache import ResultCache
 from gql.config import ConfigError, Settings
 from gql.schedule import next_publication, parse_time_of_day, run_daily, seconds_until_publication
 
@@ -53,11 +53,11 @@ def test_times_of_day_and_zones_are_checked():
 
 
 def test_results_live_until_the_next_publication_when_configured():
-    from gql.schema import Backend
+    from gql.service import Service
 
-    fixed = Backend(Settings(), feed=None, cache=None, pool=None)  # type: ignore[arg-type]
+    fixed = Service(Settings())
     assert fixed.ttl(3600) == 3600
-    daily = Backend(Settings(ttl_until_publication=True), feed=None, cache=None, pool=None)  # type: ignore[arg-type]
+    daily = Service(Settings(ttl_until_publication=True))
     now = dt.datetime.now(dt.timezone.utc)
     expected = (next_publication(now, AT, SHANGHAI) - now).total_seconds()
     assert daily.ttl(3600) == pytest.approx(max(60, expected), abs=2)
@@ -85,10 +85,10 @@ async def test_run_daily_calls_the_job_at_the_slot_and_survives_a_failure():
 
 @pytest.mark.anyio
 async def test_only_one_process_of_the_fleet_claims_a_slot(redis_server):
-    config = CacheConfig(redis_url=redis_server.url, prefix=f"t-{uuid.uuid4().hex[:8]}")
+    config = Settings(redis_url=redis_server.url, cache_prefix=f"t-{uuid.uuid4().hex[:8]}")
     one, two = ResultCache(config), ResultCache(config)
-    key = one.key("scheduled-refresh", "2026-11-18T15:30:00+08:00")
-    assert await one.claim(key, 60) is True
-    assert await two.claim(key, 60) is False
+    key = one.keys.scheduled_refresh("2026-11-18T15:30:00+08:00")
+    assert await one.raw.claim(key, 60) is True
+    assert await two.raw.claim(key, 60) is False
     await one.close()
     await two.close()

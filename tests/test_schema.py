@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gql.schema import schema
+from gql.config import Settings
+from gql.schema.build import build_schema
+
+schema = build_schema(Settings())
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +54,7 @@ def test_lookalike_letters_are_not_index_codes():
 
     from gql.data import load_store
     from gql.errors import UserInputError
-    from gql.schema import resolve_codes
+    from gql.schema.arguments import resolve_codes
 
     store = load_store(None)
     assert resolve_codes(store, [" hsi "]) == ("HSI",)

@@ -29,7 +29,7 @@ def redis_keys(redis_server, settings: Settings) -> list[bytes]:
 
 
 def computations(client: TestClient) -> int:
-    return sum(client.app.state.backend.cache.computations.values())
+    return sum(client.app.state.service.cache.computations.values())
 
 
 def error_of(response) -> dict:

@@ -55,7 +55,7 @@ def test_worker_answers_are_stored_and_served_as_hits(pooled):
     assert statuses(ask(pooled, YIELD, {"codes": ["HSI"]})) == ["HIT"]
     assert pooled.app.state.responses.hits == 1
     # The computation ran in the worker, not in the server.
-    assert sum(pooled.app.state.backend.cache.computations.values()) == 0
+    assert sum(pooled.app.state.service.cache.computations.values()) == 0
 
 
 def test_worker_metrics_reach_the_server(pooled):

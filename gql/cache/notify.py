@@ -1,0 +1,91 @@
+"""Pub/sub waiters: a process waiting for another's computation is woken by its message, not a timer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from gql.cache.redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+
+class Notifications:
+    """Delivers `<topic>|<outcome>` messages of one channel to the futures waiting for their topic.
+
+    A waiter is registered before the condition it waits for is checked, so that a message sent in
+    between is not missed.
+    """
+
+    def __init__(self, link: RedisLink, channel: str, usable: Callable[[], bool]) -> None:
+        self._link = link
+        self._channel = channel
+        self._usable = usable
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    def wait_for(self, topic: str) -> asyncio.Future[str]:
+        """A future that gets the outcome of the next message about `topic`; give it back with `stop_waiting`."""
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(topic, []).append(waiter)
+        return waiter
+
+    def stop_waiting(self, topic: str, waiter: asyncio.Future[str]) -> None:
+        waiting = self._waiters.get(topic)
+        if waiting and waiter in waiting:
+            waiting.remove(waiter)
+            if not waiting:
+                del self._waiters[topic]
+
+    async def next_outcome(self, waiter: asyncio.Future[str], within: float) -> str | None:
+        """The outcome the waiter gets within `within` seconds; None if none came (or no subscription yet)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout=within)
+        except asyncio.TimeoutError:
+            return None
+
+    def bound(self, remaining_ms: int) -> float:
+        """How long to wait for a message, given a lease's remaining time: until it would run out,
+        or, without a subscription yet, a short poll."""
+        return remaining_ms / 1000 + 0.01 if self.listening.is_set() else 0.05
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    def ensure_listening(self) -> None:
+        """Subscribe (in the background) if not yet: started when this process first waits."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        """Deliver messages to this process's waiters; reconnects after Redis comes back."""
+        while True:
+            if not self._usable():
+                await asyncio.sleep(0.2)
+                continue
+            pubsub = self._link.listener.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                self.listening.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        topic, _, outcome = message["data"].decode().rpartition("|")
+                        for waiter in self._waiters.pop(topic, ()):
+                            if not waiter.done():
+                                waiter.set_result(outcome)
+            except (RedisError, OSError) as exc:
+                log.debug("cache notifications interrupted: %s", exc)
+                await asyncio.sleep(0.2)
+            finally:
+                self.listening.clear()
+                try:
+                    await pubsub.aclose()
+                except (RedisError, OSError):
+                    pass

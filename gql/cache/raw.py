@@ -1,0 +1,76 @@
+"""Bytes under keys, for layers above that store their own encodings (whole responses, persisted queries)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from redis.exceptions import RedisError
+
+from gql.cache.keys import Keys
+from gql.cache.local import LocalCache
+from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
+
+log = logging.getLogger(__name__)
+
+
+class RawStore:
+    """Reads and conditional writes of bytes, through the same bounded link and breaker as the cache."""
+
+    def __init__(self, link: RedisLink, keys: Keys, local: LocalCache) -> None:
+        self._link = link
+        self.keys = keys
+        self._local = local
+
+    async def read(self, namespaces: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, int], list[bytes | None]] | None:
+        """The current generations of `namespaces` and the values at `keys`, in one round trip.
+
+        None while Redis is unavailable (callers then do without this layer).
+        """
+        if not await self._link.usable():
+            return None
+        try:
+            raw = await self._link.call(self._link.reader.mget, *[self.keys.generation(n) for n in namespaces], *keys)
+        except Unavailable:
+            return None
+        generations = {n: int(g or 0) for n, g in zip(namespaces, raw)}
+        return generations, list(raw[len(namespaces):])
+
+    async def read_bulk(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        """Large values at `keys`; None while Redis is unavailable or slow to deliver them."""
+        try:
+            return list(await self._link.call(self._link.reader.mget, *keys))
+        except Unavailable:
+            return None
+
+    async def write(self, generations: Mapping[str, int], items: Mapping[str, bytes], ttl: float) -> bool:
+        """Store `items` for `ttl` seconds if every generation is still as read; False if not stored."""
+        if not self._link.in_use:
+            return False
+        namespaces = list(generations)
+        try:
+            stored = await self._link.store_all_if_current(
+                keys=[*[self.keys.generation(n) for n in namespaces], *items],
+                args=[len(namespaces), *[generations[n] for n in namespaces], milliseconds(ttl), *items.values()],
+            )
+        except (RedisError, OSError) as exc:
+            log.info("writing to Redis failed (%s); not stored", exc.__class__.__name__)
+            return False
+        return bool(stored)
+
+    async def claim(self, key: str, seconds: float) -> bool:
+        """True for the first caller of the fleet to claim `key` within `seconds` (or when Redis is away)."""
+        if not await self._link.usable():
+            return True
+        try:
+            return bool(await self._link.call(self._link.reader.set, key, b"1", nx=True, px=milliseconds(seconds)))
+        except Unavailable:
+            return True
+
+    async def available(self) -> bool:
+        """Whether Redis is in use now; once the breaker's cool-down is over, this call probes it."""
+        return await self._link.usable()
+
+    def local_generations(self, namespaces: Sequence[str]) -> dict[str, int]:
+        """This process's own generations of `namespaces` (what `invalidate` bumps while Redis is away)."""
+        return {n: self._local.generation(n) for n in namespaces}

@@ -1,0 +1,279 @@
+"""`ResultCache`: read-through caching of computed values, with refresh and invalidation.
+
+What it guarantees (docs/caching.md has the whole story):
+
+- **Single flight, fleet-wide.** Concurrent misses of one key in one process share one computation
+  (gql/cache/flights.py); across processes the computing one holds a Redis lease (gql/cache/leases.py).
+- **Stale-while-revalidate.** After its fresh period an entry stays usable for a stale period: it is
+  answered at once (status STALE) while one background computation, fleet-wide, replaces it. Hot keys
+  may be recomputed a little before they expire (probabilistic early expiration, "XFetch").
+- **Fail-safe.** When a computation fails and an older value is at hand (up to a maximum age) that
+  value is served, marked STALE with the error, and the failing computation is retried at most once
+  per throttle period, fleet-wide.
+- **Redis faults.** Every call has a short bound; a circuit breaker stops using Redis after consecutive
+  failures and probes it again after a cool-down (gql/cache/redis_link.py). Meanwhile an in-process
+  cache (gql/cache/local.py, with single flight) stands in.
+- **Refresh is never lost.** Each namespace (one per cached field) has a generation; `invalidate`
+  increments it, and writes are conditional on the generation the computation started under.
+- Undecodable entries are misses (logged once); fresh periods get a random spread (TTL jitter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import redis.asyncio as redis
+
+from gql import metrics
+from gql.cache.breaker import BreakerState
+from gql.cache.entries import (
+    CacheEntry,
+    CacheResult,
+    CacheState,
+    CacheStatus,
+    Computation,
+    ComputationError,
+    describe,
+)
+from gql.cache.flights import Flights
+from gql.cache.keys import EntryKey, Keys
+from gql.cache.leases import Leases, Outcome
+from gql.cache.local import LocalCache
+from gql.cache.notify import Notifications
+from gql.cache.policy import EntryPolicy
+from gql.cache.raw import RawStore
+from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
+from gql.clock import SYSTEM_CLOCK, Clock
+from gql.config import Settings
+
+
+class ResultCache:
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK, *, local_entries: int | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.cache_prefix)
+        self.link = RedisLink(settings, self._reconnected, clock)
+        self.local = LocalCache(settings.local_cache_entries if local_entries is None else local_entries, clock)
+        self.policy = EntryPolicy(settings, clock)
+        self._clock = clock
+        self._background: set[asyncio.Task] = set()
+        self._notify = Notifications(self.link, self.keys.channel, lambda: self.state is CacheState.OK)
+        self._leases = Leases(settings, self.link, self.keys, self._notify, self.policy, self._background)
+        self._flights = Flights(self._leases, self.local, self.policy, settings.cache_fail_safe_retry_seconds, self._background)
+        self._refreshes: dict[str, asyncio.Task[CacheResult]] = {}
+        # Namespaces invalidated while Redis was away: bumped there before it is used again.
+        self._pending_invalidations: set[str] = set()
+        # Whole responses and other bytes, for the layers above (gql/responses.py).
+        self.raw = RawStore(self.link, self.keys, self.local)
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CacheState:
+        if self.link.disabled:
+            return CacheState.DISABLED
+        return CacheState.OK if self.link.breaker.state is BreakerState.CLOSED else CacheState.DEGRADED
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self.link.breaker.state
+
+    @property
+    def computations(self) -> Mapping[str, int]:
+        """Computations actually run here, per namespace (joined callers of a shared one do not count)."""
+        return self.policy.computations
+
+    async def close(self) -> None:
+        await self._notify.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.link.close()
+
+    async def warm(self, connections: int = 8) -> None:
+        """Open connections now, so that the first burst of requests does not pay for opening them."""
+        await self.link.warm(connections)
+
+    async def drain(self) -> None:
+        """Wait for background work (recomputations, stores) to end; for tests and shutdown."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def check(self) -> CacheState:
+        """Probe Redis now (for health checks) and return the resulting state."""
+        if self.state is CacheState.OK:
+            try:
+                await self.link.call(self.link.reader.ping)
+            except Unavailable:
+                return CacheState.DEGRADED  # this probe failed, whether or not the breaker has opened yet
+        else:
+            await self.link.usable()
+        return self.state
+
+    # --- reading through ----------------------------------------------------------------------
+
+    async def get_or_compute(
+        self, namespace: str, parts: Mapping[str, Any], ttl: float, compute: Callable[[], Awaitable[Any]],
+        *, refused: tuple[type[Exception], ...] = (),
+    ) -> CacheResult:
+        """The cached value for these arguments; computed (once, fleet-wide) when there is none.
+
+        Exceptions of the `refused` types mean the arguments are wrong (see `Computation`).
+        """
+        return await self._get(Computation(self.keys.entry(namespace, parts), ttl, compute, refused))
+
+    async def _get(self, computation: Computation) -> CacheResult:
+        if self.link.disabled:
+            metrics.lookup(computation.namespace, "bypass")
+            return CacheResult(await self.policy.timed(computation), CacheStatus.BYPASS, 0.0, 0.0)
+        return await self._read_through(computation)
+
+    async def _read_through(self, computation: Computation) -> CacheResult:
+        namespace, key = computation.namespace, computation.key
+        # Whether Redis answered (after one retry): if not, this request goes on without it.
+        use_redis, generation, entry = await self._lookup(key, await self.link.usable())
+        now = self._clock.now()
+        if entry is not None and entry.generation == generation:
+            age = max(0.0, now - entry.created)
+            if age < entry.fresh:
+                if self.policy.refresh_early(entry, now):
+                    self._flights.revalidate(computation, generation, use_redis, entry.created)
+                metrics.lookup(namespace, "hit")
+                return CacheResult(entry.value, CacheStatus.HIT, age, entry.fresh - age)
+            if age < entry.fresh + self.policy.stale_seconds(entry.fresh):
+                # Answered now; recomputed once in the background, unless that failed a moment ago.
+                failure = await self._recent_failure(computation, use_redis)
+                if failure is None:
+                    self._flights.revalidate(computation, generation, use_redis, entry.created)
+                metrics.lookup(namespace, "stale")
+                return CacheResult(entry.value, CacheStatus.STALE, age, 0.0, error=failure)
+        usable_age = entry.fresh + self.policy.fail_safe_seconds if entry is not None else 0.0
+        fallback = entry if entry is not None and now - entry.created < usable_age else None
+        status = CacheStatus.REFRESHED if entry is not None and entry.generation < generation else CacheStatus.MISS
+        if fallback is not None:
+            failure = await self._recent_failure(computation, use_redis)
+            if failure is not None:  # failed a moment ago: do not hammer it, keep serving the old value
+                return self._fail_safe(namespace, fallback, failure, now)
+        try:
+            found = await self._flights.fill(computation, generation, use_redis)
+        except Exception as exc:
+            if computation.refuses(exc):
+                raise
+            if fallback is not None:
+                return self._fail_safe(namespace, fallback, describe(exc), now)
+            metrics.lookup(namespace, "error")
+            raise ComputationError(f"computing {namespace} failed and no earlier result is cached to stand in") from exc
+        metrics.lookup(namespace, "miss")
+        return CacheResult(found.value, status, 0.0, found.fresh)
+
+    def _fail_safe(self, namespace: str, entry: CacheEntry, error: str, now: float) -> CacheResult:
+        metrics.lookup(namespace, "stale")
+        return CacheResult(entry.value, CacheStatus.STALE, max(0.0, now - entry.created), 0.0, error=error)
+
+    async def _lookup(self, key: EntryKey, use_redis: bool) -> tuple[bool, int, CacheEntry | None]:
+        """(whether Redis answered, the namespace generation, the entry if any)."""
+        for _ in range(2 if use_redis else 0):
+            try:
+                raw_generation, raw_entry = await self.link.call(self.link.reader.mget, self.keys.generation(key.namespace), key.name)
+            except Unavailable:
+                if self.link.breaker.state is not BreakerState.CLOSED:
+                    break  # Redis is out: do without it
+                continue  # one failure with the breaker closed may be a hiccup (or a busy loop): once more
+            return True, int(raw_generation or 0), self.policy.decode(key.name, raw_entry)
+        return False, self.local.generation(key.namespace), self.local.entries.get(key.name)
+
+    async def _recent_failure(self, computation: Computation, use_redis: bool) -> str | None:
+        if use_redis:
+            try:
+                return await self._leases.recent_failure(computation)
+            except Unavailable:
+                pass
+        return self.local.failure(computation.key.name)
+
+    # --- refresh ------------------------------------------------------------------------------------
+
+    async def refresh(
+        self, namespace: str, parts: Mapping[str, Any], ttl: float, compute: Callable[[], Awaitable[Any]],
+        *, refused: tuple[type[Exception], ...] = (),
+    ) -> CacheResult:
+        """Invalidate every entry of the namespace, then compute the value for `parts`.
+
+        Concurrent refreshes of the same value (same arguments, so the same data version) anywhere in
+        the fleet coalesce into one: the later ones wait for it and report `coalesced`.
+        """
+        computation = Computation(self.keys.entry(namespace, parts), ttl, compute, refused)
+        identity = computation.key.name
+        task = self._refreshes.get(identity)
+        if task is not None:
+            return replace(await asyncio.shield(task), coalesced=True)
+        task = asyncio.ensure_future(self._refresh(computation))
+        self._refreshes[identity] = task
+        task.add_done_callback(lambda _: self._refreshes.pop(identity, None))
+        return await asyncio.shield(task)
+
+    async def _refresh(self, computation: Computation) -> CacheResult:
+        key = computation.key
+        lease = self.keys.refresh_lease(key)
+        topic = self.keys.refresh_topic(key)
+        token = uuid.uuid4().hex
+        held = None
+        if await self.link.usable():
+            waiter = self._notify.wait_for(topic)  # before trying: an end announced in between is not missed
+            try:
+                # SET NX answers None (not False) when the key exists.
+                held = bool(await self.link.call(self.link.reader.set, lease, token, nx=True, px=milliseconds(self.settings.cache_lease_seconds)))
+            except Unavailable:
+                held = None
+            if held is False and await self._await_release(lease, topic, waiter):
+                # Another process refreshed the same thing: its result is ours now that its lease is gone.
+                return replace(await self._get(computation), coalesced=True)
+            self._notify.stop_waiting(topic, waiter)
+        keeper = asyncio.ensure_future(self._leases.keep(lease, token)) if held else None
+        try:
+            await self.invalidate(key.namespace)
+            return await self._get(computation)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                await self._leases.release(lease, token, topic, Outcome.DONE)
+
+    async def _await_release(self, lease: str, topic: str, waiter: asyncio.Future[str]) -> bool:
+        """Wait until the lease is gone (woken by its holder's message); False if Redis stopped answering."""
+        self._notify.ensure_listening()
+        try:
+            while True:
+                try:
+                    remaining = await self.link.call(self.link.reader.pttl, lease)
+                except Unavailable:
+                    return False
+                if remaining < 0:
+                    return True
+                if await self._notify.next_outcome(waiter, self._notify.bound(remaining)) is not None:
+                    waiter = self._notify.wait_for(topic)
+        finally:
+            self._notify.stop_waiting(topic, waiter)
+
+    async def invalidate(self, namespace: str) -> None:
+        """Make every entry of the namespace a miss now, in Redis and in the local cache."""
+        self.local.bump(namespace)
+        if self.link.disabled:
+            return
+        if await self.link.usable():
+            try:
+                await self.link.call(self.link.reader.incr, self.keys.generation(namespace))
+                return
+            except Unavailable:
+                pass
+        # Redis holds entries from before this invalidation: bump its generation before using it again.
+        self._pending_invalidations.add(namespace)
+
+    async def _reconnected(self, client: redis.Redis) -> None:
+        """Redis answers again: apply the invalidations made meanwhile, before anyone reads it."""
+        for namespace in sorted(self._pending_invalidations):
+            await client.incr(self.keys.generation(namespace))
+            self._pending_invalidations.discard(namespace)
+        # Local entries may predate refreshes made through other processes while Redis was away.
+        self.local.forget()

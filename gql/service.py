@@ -1,0 +1,184 @@
+"""The assembled service: data feed, result cache, compute pool, TTL policy, fault drills and refresh.
+
+Built once per process from the settings, and used alike by the server (gql/app.py), its query worker
+processes (gql/workers.py, with no feed of their own) and the CLI (`warm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gql import analytics
+from gql.cache import CacheResult, CacheState, CacheStatus, ComputationError, ResultCache
+from gql.config import Settings
+from gql.data import PriceStore
+from gql.errors import COMPUTATION_FAILED, ApiError, UserInputError
+from gql.feed import DATA_EPOCH, DataFeed
+from gql.logs import request_id
+from gql.schedule import parse_time_of_day, seconds_until_publication
+from gql.schema.arguments import resolve_as_of, resolve_range
+from gql.schema.types import CHART_NAMESPACE, YIELD_NAMESPACE, CacheTarget
+from gql.versions import CODE_VERSION
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """Raised by computations while GQL_FAULT_COMPUTE_FAIL_FILE exists (drills and tests)."""
+
+
+@dataclass(frozen=True)
+class RefreshedTarget:
+    target: CacheTarget
+    duration_ms: float
+    coalesced: bool  # joined a refresh of the same data already under way
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    snapshot: PriceStore  # the data the targets were recomputed from
+    targets: list[RefreshedTarget]
+
+
+class Service:
+    """What every request needs. Resolvers read the data from their request's snapshot, never from the feed."""
+
+    def __init__(
+        self, settings: Settings, *, feed: DataFeed | None = None, cache: ResultCache | None = None,
+        pool: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache if cache is not None else ResultCache(settings)
+        # None in a query worker process, which gets its snapshots from the server.
+        self.feed = feed
+        self.pool = pool if pool is not None else ThreadPoolExecutor(
+            max_workers=settings.compute_threads, thread_name_prefix="gql-compute"
+        )
+
+    async def load(self) -> None:
+        """Load the data (DataError when it cannot be used); the file watcher is started apart (`feed.start`)."""
+        self.feed = await DataFeed.open(self.settings.data_dir)
+
+    async def close(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
+        # Recomputations and stores under way get a moment to finish; close() cancels the rest.
+        try:
+            await asyncio.wait_for(self.cache.drain(), timeout=2.0)
+        except asyncio.TimeoutError:
+            pass
+        await self.cache.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def data(self) -> DataFeed:
+        assert self.feed is not None, "only the server and the CLI have a data feed"
+        return self.feed
+
+    async def snapshot(self) -> PriceStore:
+        """The data to answer from: the feed's current snapshot, once it has caught up with the fleet's data
+        epoch (one bounded Redis read; without Redis, the file watcher alone keeps the feed current)."""
+        feed = self.data
+        if self.cache.state is CacheState.OK:
+            looked_up = await self.cache.raw.read((DATA_EPOCH,), [])
+            if looked_up is not None:
+                return await feed.catch_up(looked_up[0][DATA_EPOCH])
+        return feed.current
+
+    # --- computing ------------------------------------------------------------------------------
+
+    def ttl(self, fixed: float) -> float:
+        """How long a result stays fresh: `fixed` seconds, or until the next data publication."""
+        settings = self.settings
+        if not settings.ttl_until_publication:
+            return fixed
+        return seconds_until_publication(
+            dt.datetime.now(dt.timezone.utc), parse_time_of_day(settings.publication_time), ZoneInfo(settings.timezone)
+        )
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU-bound work in the pool, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(fn, *args))
+
+    async def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a computation of a cached result in the pool (with the configured fault injection)."""
+        settings = self.settings
+        if settings.fault_compute_delay or settings.fault_compute_fail_file:
+            return await self.run(_with_faults, settings.fault_compute_delay, settings.fault_compute_fail_file, fn, *args)
+        return await self.run(fn, *args)
+
+    # --- the cached fields ----------------------------------------------------------------------
+
+    async def chart(
+        self, codes: tuple[str, ...], start: dt.date, end: dt.date, frequency: analytics.Frequency, store: PriceStore,
+        refresh: bool = False,
+    ) -> CacheResult:
+        parts = {
+            "codes": codes, "start": start.isoformat(), "end": end.isoformat(), "frequency": frequency.value,
+            "data": store.version, "code": CODE_VERSION,
+        }
+        compute = partial(self.compute, analytics.index_chart, store, codes, start, end, frequency)
+        return await self._cached(CHART_NAMESPACE, parts, self.ttl(self.settings.chart_ttl), compute, refresh)
+
+    async def yields(self, codes: tuple[str, ...], as_of: dt.date, store: PriceStore, refresh: bool = False) -> CacheResult:
+        parts = {"codes": codes, "asOf": as_of.isoformat(), "data": store.version, "code": CODE_VERSION}
+        compute = partial(self.compute, analytics.yields_this_year, store, codes, as_of)
+        return await self._cached(YIELD_NAMESPACE, parts, self.ttl(self.settings.yield_ttl), compute, refresh)
+
+    async def _cached(self, namespace: str, parts: dict[str, Any], ttl: float, compute: Callable, refresh: bool) -> CacheResult:
+        lookup = self.cache.refresh if refresh else self.cache.get_or_compute
+        try:
+            return await lookup(namespace, parts, ttl, compute, refused=(analytics.NoDataError,))
+        except analytics.NoDataError as exc:
+            # Argument checks catch almost every case first; this is a gap inside one index's data.
+            raise UserInputError(f"{exc}; choose other dates") from None
+        except ComputationError as exc:
+            raise ApiError(
+                f"{exc}; the server log has the details under request id {request_id.get()}; try again later",
+                code=COMPUTATION_FAILED,
+            ) from None
+
+    async def refresh(self, targets: Sequence[CacheTarget], invalidate: bool = True) -> Refreshed:
+        """Load what the data source holds now, invalidate every variant of the targets, recompute their defaults.
+
+        Bumping the data epoch makes every process that reads Redis look at the source before its next
+        answer. With `invalidate=False` it only computes the default variants that are not cached yet (warming).
+        """
+        store = await self.data.sync()
+        if invalidate:
+            await self.cache.invalidate(DATA_EPOCH)
+        done = []
+        for target in targets:
+            began = time.perf_counter()
+            if target is CacheTarget.INDEX_CHART:
+                lo, hi = resolve_range(store, store.codes, None, None)
+                result = await self.chart(store.codes, lo, hi, analytics.Frequency.DAILY, store, refresh=invalidate)
+            else:
+                result = await self.yields(store.codes, resolve_as_of(store, store.codes, None), store, refresh=invalidate)
+            if invalidate and result.status is CacheStatus.STALE:
+                # Fail-safe kept the old value for readers; the operator must hear that recomputing failed.
+                raise ApiError(
+                    f"recomputing {target.value} failed ({result.error}); clients keep getting the previous result, marked "
+                    f"STALE, until a computation succeeds (request id {request_id.get()})",
+                    code=COMPUTATION_FAILED,
+                )
+            done.append(RefreshedTarget(target, (time.perf_counter() - began) * 1000.0, result.coalesced))
+        return Refreshed(store, done)
+
+
+def _with_faults(delay: float, fail_file: Path | None, fn: Callable[..., Any], *args: Any) -> Any:
+    if delay:
+        time.sleep(delay)  # in a pool thread, like the computation it stands for
+    if fail_file is not None and fail_file.exists():
+        raise InjectedFault(f"injected failure: {fail_file} exists")
+    return fn(*args)
