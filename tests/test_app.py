@@ -11,28 +11,16 @@ from starlette.testclient import TestClient
 from gql import analytics
 from gql.app import create_app
 from gql.config import Settings
-from tests.conftest import data_version_of, wait_until, with_settings
-
-CHART = "query($codes: [String!], $start: Date, $end: Date, $f: Frequency! = DAILY) { indexChart(codes: $codes, start: $start, end: $end, frequency: $f) { frequency start end series { code name totalReturn annualizedVolatility maxDrawdown points { date close normalized drawdown } } } }"
-YIELD = "query($codes: [String!], $asOf: Date) { yieldThisYear(codes: $codes, asOf: $asOf) { code name yieldPct baseDate baseClose lastDate lastClose baseIsFirstCloseOfYear } }"
-REFRESH = "mutation($t: [CacheTarget!]) { refreshCache(targets: $t) { refreshed { target durationMs } } }"
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+from tests.support.http import ADMIN, CHART, REFRESH, YIELD, data_version_of, gql, statuses
+from tests.support.servers import free_port
+from tests.support.settings import with_settings
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def gql(client: TestClient, query: str, headers: dict | None = None, **variables) -> dict:
-    response = client.post("/graphql", json={"query": query, "variables": variables}, headers=headers or {})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def statuses(body: dict) -> list[str]:
-    return [entry["status"] for entry in body["extensions"]["cache"]]
 
 
 def computations(client: TestClient) -> dict:
@@ -272,8 +260,6 @@ def test_redis_stopped_mid_test_then_back(settings, own_redis):
 
 
 def test_starts_and_answers_with_no_redis_at_all(settings):
-    from tests.conftest import free_port
-
     dead = with_settings(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(dead)) as client:
         assert client.get("/healthz").json()["cache"]["state"] == "degraded"

@@ -23,8 +23,10 @@ from gql.data import IndexHistory, IndexMeta, PriceSource, make_closes, write_in
 from gql.feed import DataFeed
 from gql.versions import CODE_VERSION, code_version
 from gql.workers import Job, QueryWorkers
-from tests.conftest import data_version_of, running_server, wait_until, with_settings
-from tests.test_app import ADMIN, statuses
+from tests.support.http import ADMIN, data_version_of, statuses
+from tests.support.servers import running_server
+from tests.support.settings import with_settings
+from tests.support.waiting import wait_until
 
 YIELD = "{ yieldThisYear { code yieldPct lastDate } }"
 ALL = "{ indexes { code lastDate } yieldThisYear { code lastDate } indexChart { end series { code points { date } } } }"

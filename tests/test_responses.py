@@ -14,8 +14,9 @@ from starlette.testclient import TestClient
 from gql.app import create_app
 from gql.config import Settings
 from gql.stored import deflate_open, gzip_body
-from tests.conftest import data_version_of, wait_until, with_settings
-from tests.test_app import ADMIN, CHART, REFRESH, YIELD, statuses
+from tests.support.http import ADMIN, CHART, REFRESH, YIELD, data_version_of, statuses
+from tests.support.settings import with_settings
+from tests.support.waiting import wait_until
 
 SMALL = '{ yieldThisYear(codes: ["HSI", "000300"]) { code yieldPct lastDate } }'
 

@@ -12,10 +12,10 @@ from starlette.testclient import TestClient
 from gql import analytics
 from gql.app import create_app
 from gql.config import ConfigError, Settings
-from tests.conftest import with_settings
-from tests.test_app import ADMIN, REFRESH, YIELD, gql, statuses
+from tests.support.http import ADMIN, ADMIN_TOKEN, REFRESH, YIELD, gql, statuses
+from tests.support.settings import with_settings
 
-TOKEN = "test-admin-token"
+TOKEN = ADMIN_TOKEN
 
 
 @pytest.fixture

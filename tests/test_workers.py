@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from gql.app import create_app
 from gql.config import Settings
-from tests.conftest import with_settings
-from tests.test_app import CHART, YIELD, statuses
+from tests.support.http import CHART, YIELD, statuses
+from tests.support.settings import with_settings
 
 QUERIES = [
     (CHART, {"codes": ["HSI", "000300"], "f": "WEEKLY", "start": "2019-06-01"}),
