@@ -1,18 +1,23 @@
-"""Fixtures: real redis-server processes started by the suite on free ports, and the test settings.
-The helpers behind them live in tests/support/, which test files import."""
+"""Fixtures: real redis-server processes started by the suite on free ports, the test settings, and
+the app started in-process (make_client, client). The helpers behind them live in tests/support/,
+which test files import."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
+from gql.app import create_app
 from gql.config import Settings
 from tests.support.http import ADMIN_TOKEN
 from tests.support.servers import RedisServer
+from tests.support.settings import with_settings
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +52,26 @@ def settings(redis_server: RedisServer) -> Settings:
         cache_ttl_jitter=0.0,
         cache_early_refresh=0.0,
     )
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Iterator[Callable[..., TestClient]]:
+    """`make_client(**overrides)`: the app built from `settings` with `overrides`, started (its lifespan
+    has run) in a TestClient. Every client made is shut down at teardown, last made first, whether the
+    test passed or not. A test that checks what happens at shutdown opens its own TestClient instead.
+    """
+    with contextlib.ExitStack() as clients:
+
+        def make(**overrides) -> TestClient:
+            return clients.enter_context(TestClient(create_app(with_settings(settings, **overrides))))
+
+        yield make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """The app with the test settings, started."""
+    return make_client()
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -16,12 +15,6 @@ from tests.support.http import ADMIN, ADMIN_TOKEN, REFRESH, YIELD, gql, statuses
 from tests.support.settings import with_settings
 
 TOKEN = ADMIN_TOKEN
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def redis_keys(redis_server, settings: Settings) -> list[bytes]:
@@ -41,14 +34,14 @@ def error_of(response) -> dict:
 # --- refreshCache auth ----------------------------------------------------------------------------
 
 
-def test_token_from_a_file(settings, tmp_path):
+def test_token_from_a_file(make_client, tmp_path):
     secret = tmp_path / "token"
     secret.write_text("file-token\n")
     loaded = Settings.from_env({"GQL_ADMIN_TOKEN_FILE": str(secret)})
     assert loaded.admin_token == "file-token"
-    with TestClient(create_app(with_settings(settings, admin_token=loaded.admin_token))) as client:
-        body = gql(client, REFRESH, headers={"Authorization": "Bearer file-token"})
-        assert body["data"]["refreshCache"]["refreshed"]
+    client = make_client(admin_token=loaded.admin_token)
+    body = gql(client, REFRESH, headers={"Authorization": "Bearer file-token"})
+    assert body["data"]["refreshCache"]["refreshed"]
 
 
 def test_unreadable_token_file_stops_the_start(tmp_path):
@@ -116,11 +109,11 @@ def test_too_many_codes_is_refused_before_work(settings, redis_server, via_varia
     assert redis_keys(redis_server, settings) == []
 
 
-def test_depth_limit(settings):
-    with TestClient(create_app(with_settings(settings, max_depth=2))) as client:
-        error = error_of(client.post("/graphql", json={"query": "{ indexChart { series { points { date } } } }"}))
-        assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX" and "depth of 2" in error["message"]
-        assert computations(client) == 0
+def test_depth_limit(make_client):
+    client = make_client(max_depth=2)
+    error = error_of(client.post("/graphql", json={"query": "{ indexChart { series { points { date } } } }"}))
+    assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX" and "depth of 2" in error["message"]
+    assert computations(client) == 0
 
 
 def test_token_limit(client):
@@ -208,44 +201,44 @@ def test_every_response_has_a_request_id(client):
 # --- production switches --------------------------------------------------------------------------
 
 
-def test_introspection_can_be_turned_off(settings):
+def test_introspection_can_be_turned_off(make_client):
     query = {"query": "{ __schema { types { name } } }"}
-    with TestClient(create_app(settings)) as client:
-        assert client.post("/graphql", json=query).json()["data"]["__schema"]["types"]
-    with TestClient(create_app(with_settings(settings, introspection=False))) as client:
-        response = client.post("/graphql", json=query)
-        assert response.json()["data"] is None
-        assert "introspection has been disabled" in response.json()["errors"][0]["message"]
-        assert gql(client, "{ indexes { code } }")["data"]["indexes"]
+    default = make_client()
+    assert default.post("/graphql", json=query).json()["data"]["__schema"]["types"]
+    client = make_client(introspection=False)
+    response = client.post("/graphql", json=query)
+    assert response.json()["data"] is None
+    assert "introspection has been disabled" in response.json()["errors"][0]["message"]
+    assert gql(client, "{ indexes { code } }")["data"]["indexes"]
 
 
-def test_graphiql_can_be_turned_off(settings):
-    with TestClient(create_app(with_settings(settings, graphiql=False))) as client:
-        response = client.get("/graphql", headers={"Accept": "text/html"})
-        assert "graphiql" not in response.text.lower()
-        assert client.get("/graphql", params={"query": "{ indexes { code } }"}).status_code == 200
+def test_graphiql_can_be_turned_off(make_client):
+    client = make_client(graphiql=False)
+    response = client.get("/graphql", headers={"Accept": "text/html"})
+    assert "graphiql" not in response.text.lower()
+    assert client.get("/graphql", params={"query": "{ indexes { code } }"}).status_code == 200
 
 
-def test_cors_allows_only_configured_origins(settings):
-    with TestClient(create_app(settings)) as client:
-        response = client.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://dash.example"})
-        assert "access-control-allow-origin" not in response.headers
-    with TestClient(create_app(with_settings(settings, cors_origins="https://dash.example"))) as client:
-        preflight = client.options(
-            "/graphql",
-            headers={"Origin": "https://dash.example", "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "content-type,authorization"},
-        )
-        assert preflight.status_code == 200
-        assert preflight.headers["access-control-allow-origin"] == "https://dash.example"
-        other = client.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://evil.example"})
-        assert "access-control-allow-origin" not in other.headers
+def test_cors_allows_only_configured_origins(make_client):
+    default = make_client()
+    response = default.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://dash.example"})
+    assert "access-control-allow-origin" not in response.headers
+    client = make_client(cors_origins="https://dash.example")
+    preflight = client.options(
+        "/graphql",
+        headers={"Origin": "https://dash.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,authorization"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://dash.example"
+    other = client.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
 
 
-def test_trusted_hosts(settings):
-    with TestClient(create_app(with_settings(settings, trusted_hosts="api.example,testserver"))) as client:
-        assert client.get("/healthz").status_code == 200
-        assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+def test_trusted_hosts(make_client):
+    client = make_client(trusted_hosts="api.example,testserver")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
 
 
 # --- Redis hygiene ----------------------------------------------------------------------------------
@@ -261,22 +254,22 @@ def test_every_key_is_under_the_prefix_and_holds_no_user_text(client, redis_serv
     assert not any(b"hsi" in k.lower() or b"2024" in k or b"000300" in k for k in ours)
 
 
-def test_oversize_entries_are_served_not_cached_and_counted(settings, redis_server):
-    with TestClient(create_app(with_settings(settings, cache_max_entry_bytes=4096))) as client:
-        def oversize_count() -> float:
-            text = client.get("/metrics").text
-            match = re.search(r'gql_cache_oversize_total\{field="indexChart"\} (\S+)', text)
-            return float(match.group(1)) if match else 0.0
+def test_oversize_entries_are_served_not_cached_and_counted(make_client, redis_server):
+    client = make_client(cache_max_entry_bytes=4096)
+    def oversize_count() -> float:
+        text = client.get("/metrics").text
+        match = re.search(r'gql_cache_oversize_total\{field="indexChart"\} (\S+)', text)
+        return float(match.group(1)) if match else 0.0
 
-        before = oversize_count()
-        query = '{ indexChart(codes: ["HSI"], start: "2024-01-01") { series { points { close } } } }'
-        first, second = gql(client, query), gql(client, query)
-        assert first["data"] == second["data"] and len(first["data"]["indexChart"]["series"][0]["points"]) > 100
-        assert statuses(first) == statuses(second) == ["MISS"]
-        assert oversize_count() == before + 2
-        small = '{ yieldThisYear(codes: ["HSI"]) { code } }'
-        gql(client, small)
-        assert statuses(gql(client, small)) == ["HIT"]
+    before = oversize_count()
+    query = '{ indexChart(codes: ["HSI"], start: "2024-01-01") { series { points { close } } } }'
+    first, second = gql(client, query), gql(client, query)
+    assert first["data"] == second["data"] and len(first["data"]["indexChart"]["series"][0]["points"]) > 100
+    assert statuses(first) == statuses(second) == ["MISS"]
+    assert oversize_count() == before + 2
+    small = '{ yieldThisYear(codes: ["HSI"]) { code } }'
+    gql(client, small)
+    assert statuses(gql(client, small)) == ["HIT"]
 
 
 def test_metrics_endpoint(client):

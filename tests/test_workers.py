@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
-from gql.app import create_app
 from gql.config import Settings
 from tests.support.http import CHART, YIELD, statuses
-from tests.support.settings import with_settings
 
 QUERIES = [
     (CHART, {"codes": ["HSI", "000300"], "f": "WEEKLY", "start": "2019-06-01"}),
@@ -24,15 +21,13 @@ QUERIES = [
 
 
 @pytest.fixture
-def pooled(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(with_settings(settings, query_processes=1, cache_prefix=settings.cache_prefix + "-w"))) as client:
-        yield client
+def pooled(make_client, settings: Settings) -> TestClient:
+    return make_client(query_processes=1, cache_prefix=settings.cache_prefix + "-w")
 
 
 @pytest.fixture
-def inline(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        yield client
+def inline(make_client) -> TestClient:
+    return make_client()
 
 
 def ask(client: TestClient, query: str, variables: dict) -> dict:
@@ -79,15 +74,14 @@ def test_a_killed_worker_is_replaced_and_the_request_still_answered(pooled):
     assert body["data"]["yieldThisYear"][0]["code"] == "HSI" and statuses(body) == ["MISS"]
 
 
-def test_while_redis_is_away_a_refresh_still_holds(settings, own_redis):
-    config = with_settings(settings, redis_url=own_redis.url, query_processes=1, admin_token="t")
-    with TestClient(create_app(config)) as client:
-        first = ask(client, YIELD, {"asOf": "2024-04-04"})
-        own_redis.stop()
-        during = ask(client, YIELD, {"asOf": "2024-04-04"})
-        assert during["data"] == first["data"]
-        refreshed = client.post("/graphql", json={"query": "mutation { refreshCache { refreshed { target } } }"},
-                                headers={"Authorization": "Bearer t"})
-        assert refreshed.json()["data"]["refreshCache"]["refreshed"]
-        # Served by the server process, whose cache the refresh reached: never a hit from before it.
-        assert statuses(ask(client, YIELD, {"asOf": "2024-04-04"})) != ["HIT"]
+def test_while_redis_is_away_a_refresh_still_holds(own_redis, make_client):
+    client = make_client(redis_url=own_redis.url, query_processes=1, admin_token="t")
+    first = ask(client, YIELD, {"asOf": "2024-04-04"})
+    own_redis.stop()
+    during = ask(client, YIELD, {"asOf": "2024-04-04"})
+    assert during["data"] == first["data"]
+    refreshed = client.post("/graphql", json={"query": "mutation { refreshCache { refreshed { target } } }"},
+                            headers={"Authorization": "Bearer t"})
+    assert refreshed.json()["data"]["refreshCache"]["refreshed"]
+    # Served by the server process, whose cache the refresh reached: never a hit from before it.
+    assert statuses(ask(client, YIELD, {"asOf": "2024-04-04"})) != ["HIT"]
