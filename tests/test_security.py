@@ -8,10 +8,9 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from gql import analytics
 from gql.app import create_app
 from gql.config import ConfigError, Settings
-from tests.support.http import ADMIN, ADMIN_TOKEN, REFRESH, YIELD, gql, statuses
+from tests.support.http import ADMIN, ADMIN_TOKEN, REFRESH, YIELD, error_of, gql, statuses
 from tests.support.settings import with_settings
 
 TOKEN = ADMIN_TOKEN
@@ -23,12 +22,6 @@ def redis_keys(redis_server, settings: Settings) -> list[bytes]:
 
 def computations(client: TestClient) -> int:
     return sum(client.app.state.backend.cache.computations.values())
-
-
-def error_of(response) -> dict:
-    assert response.status_code == 200, response.text
-    [error] = response.json()["errors"]
-    return error
 
 
 # --- refreshCache auth ----------------------------------------------------------------------------
@@ -155,37 +148,6 @@ def test_batch_over_the_limit_is_refused(client):
 
 
 # --- error codes and no internals ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("payload", "code"),
-    [
-        ({"query": "{ indexes { "}, "GRAPHQL_PARSE_FAILED"),
-        ({"query": "{ nope }"}, "GRAPHQL_VALIDATION_FAILED"),
-        ({"query": "query($d: Date) { yieldThisYear(asOf: $d) { code } }", "variables": {"d": "2020-02-30"}}, "BAD_USER_INPUT"),
-        ({"query": '{ yieldThisYear(asOf: "soon") { code } }'}, "BAD_USER_INPUT"),
-        ({"query": '{ yieldThisYear(codes: ["X"]) { code } }'}, "BAD_USER_INPUT"),
-        ({"query": "{ indexChart(frequency: HOURLY) { start } }"}, "BAD_USER_INPUT"),
-    ],
-)
-def test_every_error_has_a_stable_code(client, payload, code):
-    error = client.post("/graphql", json=payload).json()["errors"][0]
-    assert error["extensions"]["code"] == code
-
-
-def test_unexpected_errors_carry_the_request_id_and_log_the_traceback(client, monkeypatch, caplog):
-    def broken(*args):
-        raise KeyError("internal detail 42")
-
-    monkeypatch.setattr(analytics, "yields_this_year", broken)
-    with caplog.at_level(logging.ERROR):
-        response = client.post("/graphql", json={"query": YIELD}, headers={"X-Request-ID": "req-77"})
-    error = error_of(response)
-    assert response.headers["x-request-id"] == "req-77"
-    assert error["extensions"] == {"code": "COMPUTATION_FAILED"}
-    assert "req-77" in error["message"] and "internal detail" not in response.text and "Traceback" not in response.text
-    logged = [r for r in caplog.records if r.exc_info or "internal detail 42" in r.getMessage()]
-    assert logged and all(r.request_id == "req-77" for r in logged)
 
 
 def test_every_response_has_a_request_id(client):

@@ -26,3 +26,10 @@ def statuses(body: dict) -> list[str]:
 def data_version_of(client: TestClient) -> str:
     """The data version a TestClient's app reports on /healthz."""
     return client.get("/healthz").json()["data"]["version"]
+
+
+def error_of(response) -> dict:
+    """The one GraphQL error of a 200 answer."""
+    assert response.status_code == 200, response.text
+    [error] = response.json()["errors"]
+    return error
