@@ -219,12 +219,3 @@ def test_oversize_entries_are_served_not_cached_and_counted(make_client, redis_s
     small = '{ yieldThisYear(codes: ["HSI"]) { code } }'
     gql(client, small)
     assert statuses(gql(client, small)) == ["HIT"]
-
-
-def test_metrics_endpoint(client):
-    gql(client, YIELD)
-    gql(client, YIELD)
-    text = client.get("/metrics").text
-    for name in ("gql_cache_lookups_total", "gql_computations_total", "gql_computation_seconds_bucket", "gql_cache_redis_up"):
-        assert name in text
-    assert re.search(r'gql_cache_lookups_total\{field="yieldThisYear",outcome="hit"\} [1-9]', text)
