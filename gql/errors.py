@@ -1,11 +1,31 @@
-"""Errors the API returns: each with a stable `extensions.code`, none with internals in it."""
+"""Errors the API returns: each with a stable `extensions.code`, none with internals in it.
+
+Codes are given where an error arises, never read back from its wording: parse errors by the parse
+phase (or the token limit), validation errors by the rule that reported them, variable errors by where
+they point (a variable definition), our own errors by their type.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
+from typing import Any
 
-from graphql import GraphQLError
+from graphql import (
+    ASTValidationRule,
+    EnumValueNode,
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLSyntaxError,
+    NoUndefinedVariablesRule,
+    NoUnusedVariablesRule,
+    ProvidedRequiredArgumentsRule,
+    ValidationContext,
+    ValuesOfCorrectTypeRule,
+    VariableDefinitionNode,
+    VariablesAreInputTypesRule,
+    VariablesInAllowedPositionRule,
+    get_named_type,
+)
 from strawberry.extensions import SchemaExtension
 
 from gql.logs import request_id
@@ -48,25 +68,65 @@ def is_unexpected(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, GraphQLError)
 
 
-# Errors graphql-core and Strawberry's limiters raise, told apart by their (stable) wording.
-_TOO_COMPLEX = re.compile(r"aliases found\. Allowed|exceeds maximum operation depth|Document contains more than \d+ tokens")
-_BAD_INPUT = re.compile(
-    r"^(Variable '\$|Expected value of type|Argument '.*' of (non-null )?type|Field '.*' argument '.*' of type)"
-    r"|cannot represent|does not exist in '\w+' enum"
-)
-_UNKNOWN_ENUM_VALUE = re.compile(r"does not exist in '(\w+)' enum\.?")
+def code_of(error: GraphQLError) -> str | None:
+    return (error.extensions or {}).get("code")
 
 
-def code_for(error: GraphQLError) -> str:
-    if is_unexpected(error):
-        return INTERNAL
-    if _TOO_COMPLEX.search(error.message):
-        return QUERY_TOO_COMPLEX
-    if error.message.startswith("Syntax Error"):
-        return PARSE_FAILED
-    if _BAD_INPUT.search(error.message):
-        return BAD_USER_INPUT
-    return VALIDATION_FAILED
+def _with_code(error: GraphQLError, code: str) -> None:
+    if code_of(error) is None:
+        error.extensions = {**(error.extensions or {}), "code": code}
+
+
+class _CodingContext:
+    """A validation context whose `report_error` gives each error the code of the rule reporting it."""
+
+    def __init__(self, context: ValidationContext, code: str) -> None:
+        self._context = context
+        self._code = code
+
+    def report_error(self, error: GraphQLError) -> None:
+        _with_code(error, self._code)
+        if self._code == BAD_USER_INPUT:
+            _name_allowed_literals(error, self._context)
+        self._context.report_error(error)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def coded_rule(rule: type[ASTValidationRule], code: str) -> type[ASTValidationRule]:
+    """`rule`, with `code` on every error it reports (also those reported through `context.report_error`)."""
+
+    class Coded(rule):  # type: ignore[valid-type, misc]
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(_CodingContext(context, code))  # type: ignore[arg-type]
+
+    Coded.__name__ = Coded.__qualname__ = f"Coded{rule.__name__}"
+    return Coded
+
+
+# Validation rules whose errors are wrong argument or variable values, the client's input.
+_BAD_INPUT_RULES = {
+    ValuesOfCorrectTypeRule, ProvidedRequiredArgumentsRule, NoUndefinedVariablesRule, NoUnusedVariablesRule,
+    VariablesAreInputTypesRule, VariablesInAllowedPositionRule,
+}
+_CODED_BAD_INPUT_RULES = {rule: coded_rule(rule, BAD_USER_INPUT) for rule in _BAD_INPUT_RULES}
+
+
+def _allowed(enum_type: Any, value: object) -> str | None:
+    """'allowed: A, B' when `value` is a name that is not one of the enum's values."""
+    if isinstance(enum_type, GraphQLEnumType) and isinstance(value, str) and value not in enum_type.values:
+        return f"allowed: {', '.join(enum_type.values)}"
+    return None
+
+
+def _name_allowed_literals(error: GraphQLError, context: ValidationContext) -> None:
+    """graphql-core names a wrong enum literal but not the right ones; say what is allowed."""
+    node = error.nodes[0] if error.nodes else None
+    if isinstance(node, EnumValueNode):
+        allowed = _allowed(get_named_type(context.get_input_type()), node.value)
+        if allowed is not None:
+            error.message = f"{error.message.rstrip('.')}; {allowed}"
 
 
 def masked(error: GraphQLError) -> GraphQLError:
@@ -84,6 +144,11 @@ class ErrorPolicy(SchemaExtension):
     The originals (with tracebacks) are logged by the schema before this runs.
     """
 
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        context.validation_rules = tuple(_CODED_BAD_INPUT_RULES.get(rule, rule) for rule in context.validation_rules)
+        yield
+
     def on_operation(self) -> Iterator[None]:
         yield
         result = self.execution_context.result
@@ -95,16 +160,28 @@ class ErrorPolicy(SchemaExtension):
             if is_unexpected(error):
                 processed.append(masked(error))
                 continue
-            if not (error.extensions or {}).get("code"):
-                error.extensions = {**(error.extensions or {}), "code": code_for(error)}
-            processed.append(self._with_allowed_values(error))
+            if code_of(error) is None:
+                # Left without one: syntax errors, validation errors of the other rules, and errors of
+                # execution before any resolver ran. A variable's value that cannot be coerced points at
+                # the variable's definition; the rest (no operation to run) do not.
+                variable = next((n for n in error.nodes or () if isinstance(n, VariableDefinitionNode)), None)
+                if isinstance(error, GraphQLSyntaxError):
+                    _with_code(error, PARSE_FAILED)
+                elif variable is not None:
+                    _with_code(error, BAD_USER_INPUT)
+                    self._name_allowed_value(error, variable)
+                else:
+                    _with_code(error, VALIDATION_FAILED)
+            processed.append(error)
         result.errors = processed
 
-    def _with_allowed_values(self, error: GraphQLError) -> GraphQLError:
-        """graphql-core names a wrong enum value but not the right ones; say what is allowed."""
-        match = _UNKNOWN_ENUM_VALUE.search(error.message)
-        enum_type = match and self.execution_context.schema._schema.get_type(match.group(1))
+    def _name_allowed_value(self, error: GraphQLError, variable: VariableDefinitionNode) -> None:
+        """Say which values are allowed when a variable holds an unknown enum value."""
+        named = variable.type
+        while not hasattr(named, "name"):
+            named = named.type  # type: ignore[attr-defined]
+        enum_type = self.execution_context.schema.get_type_by_name(named.name.value)  # type: ignore[attr-defined]
         values = getattr(enum_type, "values", None)
-        if values:
-            error.message = f"{error.message.rstrip('.')}; allowed: {', '.join(values)}"
-        return error
+        value = (self.execution_context.variables or {}).get(variable.variable.name.value)
+        if values and isinstance(value, str) and value not in {v.name for v in values}:
+            error.message = f"{error.message.rstrip('.')}; allowed: {', '.join(v.name for v in values)}"

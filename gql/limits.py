@@ -8,6 +8,11 @@ from typing import Any
 from graphql import (
     ExecutionResult,
     FieldNode,
+    GraphQLError,
+    GraphQLSyntaxError,
+    Lexer,
+    Source,
+    TokenKind,
     FragmentDefinitionNode,
     FragmentSpreadNode,
     InlineFragmentNode,
@@ -18,7 +23,7 @@ from graphql import (
 )
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
 
-from gql.errors import QueryTooComplexError
+from gql.errors import QUERY_TOO_COMPLEX, QueryTooComplexError, coded_rule
 
 
 def cached_field_nodes(
@@ -90,13 +95,52 @@ class CostLimits(SchemaExtension):
         return None
 
 
+class TokenLimit(MaxTokensLimiter):
+    """Strawberry's token limit (graphql-core's parser stops at it), with its own code."""
+
+    def on_parse(self) -> Iterator[None]:
+        yield
+        context = self.execution_context
+        for error in context.pre_execution_errors or ():
+            if isinstance(error, GraphQLSyntaxError) and _stopped_at_limit(context.query or "", error, self.max_token_count):
+                error.extensions = {**(error.extensions or {}), "code": QUERY_TOO_COMPLEX}
+
+
+def _stopped_at_limit(query: str, error: GraphQLError, max_tokens: int) -> bool:
+    """Whether the parser stopped at the token past the limit (rather than at a syntax error before it)."""
+    position = error.positions[0] if error.positions else len(query)
+    lexer, count = Lexer(Source(query)), 0
+    try:
+        token = lexer.advance()  # comments are skipped, as the parser's count skips them
+        while token.kind is not TokenKind.EOF and token.start <= position:
+            count += 1
+            if count > max_tokens:
+                return True
+            token = lexer.advance()
+    except GraphQLError:
+        return False  # a lexical error before the limit
+    return False
+
+
+class AliasLimit(MaxAliasesLimiter):
+    def __init__(self, max_alias_count: int) -> None:
+        super().__init__(max_alias_count)
+        self.validation_rules = [coded_rule(rule, QUERY_TOO_COMPLEX) for rule in self.validation_rules]
+
+
+class DepthLimit(QueryDepthLimiter):
+    def __init__(self, max_depth: int) -> None:
+        super().__init__(max_depth)
+        self.validation_rules = [coded_rule(rule, QUERY_TOO_COMPLEX) for rule in self.validation_rules]
+
+
 def limit_extensions(
     *, max_aliases: int, max_depth: int, max_tokens: int, max_cached_fields: int, max_codes: int, cached_fields: frozenset[str]
 ) -> list:
     """Strawberry's own limiters for aliases, depth and tokens, and ours for what is specific to this API."""
     return [
-        lambda: MaxTokensLimiter(max_token_count=max_tokens),
-        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
-        lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: TokenLimit(max_token_count=max_tokens),
+        lambda: AliasLimit(max_alias_count=max_aliases),
+        lambda: DepthLimit(max_depth=max_depth),
         lambda: CostLimits(cached_fields=cached_fields, max_cached_fields=max_cached_fields, max_codes=max_codes),
     ]

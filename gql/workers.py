@@ -111,10 +111,6 @@ class QueryWorkers:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*[loop.run_in_executor(self._pool, _ping) for _ in range(self.processes)])
 
-    def pids(self) -> list[int]:
-        """The worker processes running now."""
-        return [p.pid for p in list((self._pool._processes or {}).values()) if p.pid is not None and p.is_alive()]
-
     def close(self) -> None:
         """Stop the worker processes (waits for a computation in progress to end)."""
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import free_port, running_server
+from tests.support.servers import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "cli-test-token-4f1c"

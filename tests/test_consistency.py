@@ -28,7 +28,7 @@ import httpx2
 import pandas as pd
 
 from gql.importer import import_csv
-from tests.conftest import ServerProcess
+from tests.support.servers import ServerProcess
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WRITE_EVERY = 0.2

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "e2e-token"

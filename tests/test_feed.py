@@ -10,22 +10,21 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 import gql.data
-from gql.app import create_app
-from gql.config import Settings
 from gql.data import IndexHistory, IndexMeta, PriceSource, make_closes, write_index_file
 from gql.feed import DataFeed
 from gql.versions import CODE_VERSION, code_version
 from gql.execution import Operation
 from gql.workers import Job, QueryWorkers
-from tests.conftest import data_version_of, running_server, wait_until, with_settings
-from tests.test_app import ADMIN, statuses
+from tests.support.http import ADMIN, data_version_of, statuses
+from tests.support.servers import running_server
+from tests.support.settings import with_settings
+from tests.support.waiting import wait_until
 
 YIELD = "{ yieldThisYear { code yieldPct lastDate } }"
 ALL = "{ indexes { code lastDate } yieldThisYear { code lastDate } indexChart { end series { code points { date } } } }"
@@ -53,38 +52,37 @@ def data_dir(tmp_path: Path) -> Path:
 # --- one snapshot per response, and the response says which -----------------------------------------
 
 
-def test_every_answer_names_its_data_version(settings, data_dir):
-    with TestClient(create_app(with_settings(settings, data_dir=data_dir))) as client:
-        version = data_version_of(client)
-        miss = post(client, ALL)
-        client.portal.call(client.app.state.responses.drain)
-        hit = post(client, ALL)
-        uncached = post(client, "{ indexes { code } }")
-        assert statuses(miss) == ["MISS", "MISS"] and statuses(hit) == ["HIT", "HIT"]
-        assert client.app.state.responses.hits == 1  # the second came from stored bytes
-        for body in (miss, hit, uncached):
-            assert body["extensions"]["dataVersion"] == version
+def test_every_answer_names_its_data_version(make_client, data_dir):
+    client = make_client(data_dir=data_dir)
+    version = data_version_of(client)
+    miss = post(client, ALL)
+    client.portal.call(client.app.state.responses.drain)
+    hit = post(client, ALL)
+    uncached = post(client, "{ indexes { code } }")
+    assert statuses(miss) == ["MISS", "MISS"] and statuses(hit) == ["HIT", "HIT"]
+    assert client.app.state.responses.hits == 1  # the second came from stored bytes
+    for body in (miss, hit, uncached):
+        assert body["extensions"]["dataVersion"] == version
 
 
-def test_a_request_answers_from_the_data_it_began_with(settings, data_dir, tmp_path):
+def test_a_request_answers_from_the_data_it_began_with(make_client, data_dir, tmp_path):
     """A change that lands while a request computes does not reach that request's later fields."""
     fail_file = tmp_path / "slow"  # not created: only the delay matters
-    slow = with_settings(settings, data_dir=data_dir, fault_compute_delay=0.5, fault_compute_fail_file=fail_file, data_watch=True)
-    with TestClient(create_app(slow)) as client:
-        before = data_version_of(client)
-        answer: dict = {}
-        asking = threading.Thread(target=lambda: answer.update(post(client, ALL)))
-        asking.start()
-        wait_until(lambda: client.app.state.service.cache.computations or None, "a computation has begun", 10)
-        write(data_dir, "AAA", 130.0, days=3)
-        wait_until(lambda: data_version_of(client) != before, "the new data is picked up")
-        asking.join(30)
-        assert answer["extensions"]["dataVersion"] == before
-        dates = {row["lastDate"] for row in answer["data"]["indexes"] + answer["data"]["yieldThisYear"]}
-        assert dates == {"2024-01-02"} and answer["data"]["indexChart"]["end"] == "2024-01-02"
-        after = post(client, ALL)
-        assert after["extensions"]["dataVersion"] != before
-        assert {row["lastDate"] for row in after["data"]["indexes"] if row["code"] == "AAA"} == {"2024-01-03"}
+    client = make_client(data_dir=data_dir, fault_compute_delay=0.5, fault_compute_fail_file=fail_file, data_watch=True)
+    before = data_version_of(client)
+    answer: dict = {}
+    asking = threading.Thread(target=lambda: answer.update(post(client, ALL)))
+    asking.start()
+    wait_until(lambda: client.app.state.service.cache.computations or None, "a computation has begun", 10)
+    write(data_dir, "AAA", 130.0, days=3)
+    wait_until(lambda: data_version_of(client) != before, "the new data is picked up")
+    asking.join(30)
+    assert answer["extensions"]["dataVersion"] == before
+    dates = {row["lastDate"] for row in answer["data"]["indexes"] + answer["data"]["yieldThisYear"]}
+    assert dates == {"2024-01-02"} and answer["data"]["indexChart"]["end"] == "2024-01-02"
+    after = post(client, ALL)
+    assert after["extensions"]["dataVersion"] != before
+    assert {row["lastDate"] for row in after["data"]["indexes"] if row["code"] == "AAA"} == {"2024-01-03"}
 
 
 # --- pickup: unprompted, /healthz included ----------------------------------------------------------------
@@ -125,13 +123,13 @@ def test_the_feed_follows_the_files_by_itself(data_dir):
     asyncio.run(scenario())
 
 
-def test_without_the_watcher_data_is_picked_up_by_a_refresh_only(settings, data_dir):
-    with TestClient(create_app(with_settings(settings, data_dir=data_dir, data_watch=False))) as client:
-        before = data_version_of(client)
-        write(data_dir, "AAA", 130.0, days=3)
-        assert data_version_of(client) == before
-        post(client, REFRESH, headers=ADMIN)
-        assert data_version_of(client) != before
+def test_without_the_watcher_data_is_picked_up_by_a_refresh_only(make_client, data_dir):
+    client = make_client(data_dir=data_dir, data_watch=False)
+    before = data_version_of(client)
+    write(data_dir, "AAA", 130.0, days=3)
+    assert data_version_of(client) == before
+    post(client, REFRESH, headers=ADMIN)
+    assert data_version_of(client) != before
 
 
 # --- refresh means now, fleet-wide ------------------------------------------------------------------------
@@ -140,12 +138,10 @@ REFRESH = "mutation { refreshCache { dataVersion refreshed { target } } }"
 
 
 @pytest.fixture
-def fleet(settings: Settings, data_dir: Path) -> Iterator[tuple[TestClient, TestClient]]:
+def fleet(make_client, data_dir: Path) -> tuple[TestClient, TestClient]:
     """Two server processes' apps on one Redis and one directory, without watchers, so that only the
     refresh can bring them the new data."""
-    shared = with_settings(settings, data_dir=data_dir, data_watch=False)
-    with TestClient(create_app(shared)) as one, TestClient(create_app(shared)) as two:
-        yield one, two
+    return make_client(data_dir=data_dir, data_watch=False), make_client(data_dir=data_dir, data_watch=False)
 
 
 def test_refresh_right_after_an_import_serves_the_import_everywhere(fleet, data_dir):
@@ -168,20 +164,21 @@ def test_refresh_right_after_an_import_serves_the_import_everywhere(fleet, data_
     assert body["data"]["yieldThisYear"][0] == {"code": "AAA", "yieldPct": pytest.approx(50.0), "lastDate": "2024-01-03"}
 
 
-def test_refresh_answers_its_data_version(settings):
-    with TestClient(create_app(settings)) as client:
-        body = post(client, REFRESH, headers=ADMIN)
-        assert body["data"]["refreshCache"]["dataVersion"] == data_version_of(client)
+def test_refresh_answers_its_data_version(make_client):
+    client = make_client()
+    body = post(client, REFRESH, headers=ADMIN)
+    assert body["data"]["refreshCache"]["dataVersion"] == data_version_of(client)
 
 
 # --- a bad data set is one version ------------------------------------------------------------------------
 
 
-def test_a_corrupt_file_among_good_ones_keeps_the_whole_last_good_snapshot(settings, data_dir, caplog):
+def test_a_corrupt_file_among_good_ones_keeps_the_whole_last_good_snapshot(make_client, data_dir, caplog):
     def not_reloaded() -> list[str]:
         return [r.getMessage() for r in caplog.records if "data not reloaded" in r.getMessage()]
 
-    with TestClient(create_app(with_settings(settings, data_dir=data_dir))) as client, caplog.at_level(logging.ERROR, logger="gql.feed"):
+    client = make_client(data_dir=data_dir)
+    with caplog.at_level(logging.ERROR, logger="gql.feed"):
         good = post(client, ALL)
         bad = data_dir / "BBB.csv"
         tmp = data_dir / ".BBB.tmp"
@@ -270,15 +267,15 @@ def test_the_code_version_covers_every_source_file(tmp_path):
     assert code_version(tmp_path) != CODE_VERSION
 
 
-def test_entries_of_other_code_are_never_served(settings, monkeypatch):
+def test_entries_of_other_code_are_never_served(make_client, monkeypatch):
     import gql.responses
     import gql.service
 
-    with TestClient(create_app(settings)) as client:
-        monkeypatch.setattr(gql.service, "CODE_VERSION", "older-code")
-        monkeypatch.setattr(gql.responses, "CODE_VERSION", "older-code")
-        post(client, YIELD)
-        client.portal.call(client.app.state.responses.drain)
-        assert statuses(post(client, YIELD)) == ["HIT"]
-        monkeypatch.undo()
-        assert statuses(post(client, YIELD)) == ["MISS"]
+    client = make_client()
+    monkeypatch.setattr(gql.service, "CODE_VERSION", "older-code")
+    monkeypatch.setattr(gql.responses, "CODE_VERSION", "older-code")
+    post(client, YIELD)
+    client.portal.call(client.app.state.responses.drain)
+    assert statuses(post(client, YIELD)) == ["HIT"]
+    monkeypatch.undo()
+    assert statuses(post(client, YIELD)) == ["MISS"]

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from schemathesis.graphql import nodes
 
-from tests.conftest import running_server
+from tests.support.servers import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "fuzz-admin-token"

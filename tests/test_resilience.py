@@ -22,7 +22,7 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RedisServer, ServerProcess
+from tests.support.servers import RedisServer, ServerProcess
 
 YIELD = "{ yieldThisYear { code yieldPct } }"
 YIELD_HSI = '{ yieldThisYear(codes: ["HSI"]) { code yieldPct } }'

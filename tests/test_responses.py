@@ -5,25 +5,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import time
-from collections.abc import Iterator
 
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from gql.app import create_app
-from gql.config import Settings
-from gql.stored import deflate_open, gzip_body
-from tests.conftest import data_version_of, wait_until, with_settings
-from tests.test_app import ADMIN, CHART, REFRESH, YIELD, statuses
+from tests.support.http import ADMIN, CHART, REFRESH, YIELD, data_version_of, statuses
+from tests.support.waiting import wait_until
 
 SMALL = '{ yieldThisYear(codes: ["HSI", "000300"]) { code yieldPct lastDate } }'
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def drain(client: TestClient) -> None:
@@ -101,13 +91,6 @@ def test_gzip_answers_are_valid_and_carry_the_same_data(client):
     assert len(raw) < len(plain.content) / 2
 
 
-def test_gzip_splice_round_trips():
-    prefix = b'{"data":' + orjson.dumps({"x": list(range(5000))})
-    tail = b',"extensions":{"cache":[]}}'
-    body = gzip_body(deflate_open(prefix), __import__("zlib").crc32(prefix), len(prefix), tail)
-    assert gzip.decompress(body) == prefix + tail
-
-
 def test_refresh_invalidates_stored_responses(client):
     variant = '{ yieldThisYear(asOf: "2024-06-28") { code yieldPct } }'
     post(client, SMALL)
@@ -120,16 +103,17 @@ def test_refresh_invalidates_stored_responses(client):
     assert statuses(post(client, SMALL).json()) == ["HIT"] and response_hits(client) == hits + 1
 
 
-def test_refresh_through_another_worker_invalidates_stored_responses(settings):
-    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
-        post(one, SMALL)
-        post(two, SMALL)
-        assert response_hits(two) == 1  # stored by one, served by two
-        post(one, REFRESH, headers=ADMIN)
-        assert statuses(post(two, SMALL).json()) == ["REFRESHED"]
+def test_refresh_through_another_worker_invalidates_stored_responses(make_client):
+    one = make_client()
+    two = make_client()
+    post(one, SMALL)
+    post(two, SMALL)
+    assert response_hits(two) == 1  # stored by one, served by two
+    post(one, REFRESH, headers=ADMIN)
+    assert statuses(post(two, SMALL).json()) == ["REFRESHED"]
 
 
-def test_data_change_invalidates_stored_responses(settings, tmp_path):
+def test_data_change_invalidates_stored_responses(make_client, tmp_path):
     from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
 
     def write(last: float) -> None:
@@ -137,14 +121,14 @@ def test_data_change_invalidates_stored_responses(settings, tmp_path):
         write_index_file(tmp_path, IndexHistory(IndexMeta("TEST", "Test", "imported"), closes))
 
     write(110.0)
-    with TestClient(create_app(with_settings(settings, data_dir=tmp_path))) as client:
-        query = "{ yieldThisYear { yieldPct } }"
-        post(client, query)
-        assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(10.0)
-        before = data_version_of(client)
-        write(120.0)
-        wait_until(lambda: data_version_of(client) != before, "the server picks up the rewritten file")
-        assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(20.0)
+    client = make_client(data_dir=tmp_path)
+    query = "{ yieldThisYear { yieldPct } }"
+    post(client, query)
+    assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(10.0)
+    before = data_version_of(client)
+    write(120.0)
+    wait_until(lambda: data_version_of(client) != before, "the server picks up the rewritten file")
+    assert post(client, query).json()["data"]["yieldThisYear"][0]["yieldPct"] == pytest.approx(20.0)
 
 
 @pytest.mark.parametrize(
@@ -201,44 +185,43 @@ def test_persisted_query_hash_must_match(client):
     assert bad.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_INVALID"
 
 
-def test_can_be_switched_off(settings):
-    with TestClient(create_app(with_settings(settings, response_cache=False))) as client:
-        post(client, SMALL)
-        second = post(client, SMALL)
-        assert statuses(second.json()) == ["HIT"] and response_hits(client) == 0
-        assert second.headers["cache-control"].startswith("public")
+def test_can_be_switched_off(make_client):
+    client = make_client(response_cache=False)
+    post(client, SMALL)
+    second = post(client, SMALL)
+    assert statuses(second.json()) == ["HIT"] and response_hits(client) == 0
+    assert second.headers["cache-control"].startswith("public")
 
 
-def test_without_redis_answers_come_from_execution(settings, own_redis):
-    with TestClient(create_app(with_settings(settings, redis_url=own_redis.url))) as client:
-        post(client, SMALL)
-        assert response_hits(client) == 0
-        own_redis.stop()
-        body = post(client, SMALL).json()
-        assert "errors" not in body and body["data"]["yieldThisYear"]
+def test_without_redis_answers_come_from_execution(own_redis, make_client):
+    client = make_client(redis_url=own_redis.url)
+    post(client, SMALL)
+    assert response_hits(client) == 0
+    own_redis.stop()
+    body = post(client, SMALL).json()
+    assert "errors" not in body and body["data"]["yieldThisYear"]
 
 
-def test_while_redis_is_away_answers_are_kept_in_process_and_a_refresh_still_holds(settings, own_redis):
-    away = with_settings(settings, redis_url=own_redis.url, redis_breaker_failures=1, redis_retry_seconds=0.3)
-    with TestClient(create_app(away)) as client:
-        post(client, SMALL)
-        own_redis.stop()
-        first = post(client, SMALL)  # Redis fails: the breaker opens; answered through the resolvers
-        assert client.app.state.service.cache.state.value == "degraded" and "errors" not in first.json()
-        post(client, SMALL)  # executed in this process, and kept
-        hits = response_hits(client)
-        second = post(client, SMALL)
-        third = post(client, SMALL, headers={"accept-encoding": "gzip"})
-        assert response_hits(client) == hits + 2  # from the bytes kept in this process
-        assert second.json()["data"] == third.json()["data"] == first.json()["data"]
-        assert third.headers["content-encoding"] == "gzip" and statuses(third.json()) == ["HIT"]
-        # A refresh while Redis is away: the kept answer is not served any more.
-        assert "errors" not in client.post("/graphql", json={"query": REFRESH}, headers=ADMIN).json()
-        after = post(client, SMALL)
-        assert statuses(after.json()) == ["REFRESHED"] and response_hits(client) == hits + 2
-        # Redis back: the kept answers are dropped (other processes may have refreshed meanwhile).
-        own_redis.start()
-        time.sleep(0.4)
-        back = post(client, SMALL)
-        assert client.app.state.service.cache.state.value == "ok" and statuses(back.json()) == ["MISS"]
-        assert not client.app.state.responses._degraded
+def test_while_redis_is_away_answers_are_kept_in_process_and_a_refresh_still_holds(own_redis, make_client):
+    client = make_client(redis_url=own_redis.url, redis_breaker_failures=1, redis_retry_seconds=0.3)
+    post(client, SMALL)
+    own_redis.stop()
+    first = post(client, SMALL)  # Redis fails: the breaker opens; answered through the resolvers
+    assert client.app.state.service.cache.state.value == "degraded" and "errors" not in first.json()
+    post(client, SMALL)  # executed in this process, and kept
+    hits = response_hits(client)
+    second = post(client, SMALL)
+    third = post(client, SMALL, headers={"accept-encoding": "gzip"})
+    assert response_hits(client) == hits + 2  # from the bytes kept in this process
+    assert second.json()["data"] == third.json()["data"] == first.json()["data"]
+    assert third.headers["content-encoding"] == "gzip" and statuses(third.json()) == ["HIT"]
+    # A refresh while Redis is away: the kept answer is not served any more.
+    assert "errors" not in client.post("/graphql", json={"query": REFRESH}, headers=ADMIN).json()
+    after = post(client, SMALL)
+    assert statuses(after.json()) == ["REFRESHED"] and response_hits(client) == hits + 2
+    # Redis back: the kept answers are dropped (other processes may have refreshed meanwhile).
+    own_redis.start()
+    time.sleep(0.4)
+    back = post(client, SMALL)
+    assert client.app.state.service.cache.state.value == "ok" and statuses(back.json()) == ["MISS"]
+    assert not client.app.state.responses._degraded

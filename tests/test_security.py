@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
-from gql import analytics
 from gql.app import create_app
 from gql.config import ConfigError, Settings
-from tests.conftest import with_settings
-from tests.test_app import ADMIN, REFRESH, YIELD, gql, statuses
+from tests.support.http import ADMIN, ADMIN_TOKEN, REFRESH, YIELD, error_of, gql, statuses
+from tests.support.settings import with_settings
 
-TOKEN = "test-admin-token"
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+TOKEN = ADMIN_TOKEN
 
 
 def redis_keys(redis_server, settings: Settings) -> list[bytes]:
@@ -32,23 +24,17 @@ def computations(client: TestClient) -> int:
     return sum(client.app.state.service.cache.computations.values())
 
 
-def error_of(response) -> dict:
-    assert response.status_code == 200, response.text
-    [error] = response.json()["errors"]
-    return error
-
-
 # --- refreshCache auth ----------------------------------------------------------------------------
 
 
-def test_token_from_a_file(settings, tmp_path):
+def test_token_from_a_file(make_client, tmp_path):
     secret = tmp_path / "token"
     secret.write_text("file-token\n")
     loaded = Settings.from_env({"GQL_ADMIN_TOKEN_FILE": str(secret)})
     assert loaded.admin_token == "file-token"
-    with TestClient(create_app(with_settings(settings, admin_token=loaded.admin_token))) as client:
-        body = gql(client, REFRESH, headers={"Authorization": "Bearer file-token"})
-        assert body["data"]["refreshCache"]["refreshed"]
+    client = make_client(admin_token=loaded.admin_token)
+    body = gql(client, REFRESH, headers={"Authorization": "Bearer file-token"})
+    assert body["data"]["refreshCache"]["refreshed"]
 
 
 def test_unreadable_token_file_stops_the_start(tmp_path):
@@ -116,11 +102,11 @@ def test_too_many_codes_is_refused_before_work(settings, redis_server, via_varia
     assert redis_keys(redis_server, settings) == []
 
 
-def test_depth_limit(settings):
-    with TestClient(create_app(with_settings(settings, max_depth=2))) as client:
-        error = error_of(client.post("/graphql", json={"query": "{ indexChart { series { points { date } } } }"}))
-        assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX" and "depth of 2" in error["message"]
-        assert computations(client) == 0
+def test_depth_limit(make_client):
+    client = make_client(max_depth=2)
+    error = error_of(client.post("/graphql", json={"query": "{ indexChart { series { points { date } } } }"}))
+    assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX" and "depth of 2" in error["message"]
+    assert computations(client) == 0
 
 
 def test_token_limit(client):
@@ -161,91 +147,47 @@ def test_batch_over_the_limit_is_refused(client):
     assert computations(client) == 0
 
 
-# --- error codes and no internals ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("payload", "code"),
-    [
-        ({"query": "{ indexes { "}, "GRAPHQL_PARSE_FAILED"),
-        ({"query": "{ nope }"}, "GRAPHQL_VALIDATION_FAILED"),
-        ({"query": "query($d: Date) { yieldThisYear(asOf: $d) { code } }", "variables": {"d": "2020-02-30"}}, "BAD_USER_INPUT"),
-        ({"query": '{ yieldThisYear(asOf: "soon") { code } }'}, "BAD_USER_INPUT"),
-        ({"query": '{ yieldThisYear(codes: ["X"]) { code } }'}, "BAD_USER_INPUT"),
-        ({"query": "{ indexChart(frequency: HOURLY) { start } }"}, "BAD_USER_INPUT"),
-    ],
-)
-def test_every_error_has_a_stable_code(client, payload, code):
-    error = client.post("/graphql", json=payload).json()["errors"][0]
-    assert error["extensions"]["code"] == code
-
-
-def test_unexpected_errors_carry_the_request_id_and_log_the_traceback(client, monkeypatch, caplog):
-    def broken(*args):
-        raise KeyError("internal detail 42")
-
-    monkeypatch.setattr(analytics, "yields_this_year", broken)
-    with caplog.at_level(logging.ERROR):
-        response = client.post("/graphql", json={"query": YIELD}, headers={"X-Request-ID": "req-77"})
-    error = error_of(response)
-    assert response.headers["x-request-id"] == "req-77"
-    assert error["extensions"] == {"code": "COMPUTATION_FAILED"}
-    assert "req-77" in error["message"] and "internal detail" not in response.text and "Traceback" not in response.text
-    logged = [r for r in caplog.records if r.exc_info or "internal detail 42" in r.getMessage()]
-    assert logged and all(r.request_id == "req-77" for r in logged)
-
-
-def test_every_response_has_a_request_id(client):
-    ids = set()
-    for response in (client.get("/healthz"), client.get("/nope"), client.post("/graphql", json={"query": "{ indexes { code } }"}),
-                     client.post("/graphql", content=b"x" * 1_100_000)):
-        ids.add(response.headers["x-request-id"])
-    assert len(ids) == 4 and all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)
-    junk = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces" + "x" * 100})
-    assert re.fullmatch(r"[0-9a-f]{24}", junk.headers["x-request-id"])
-
-
 # --- production switches --------------------------------------------------------------------------
 
 
-def test_introspection_can_be_turned_off(settings):
+def test_introspection_can_be_turned_off(make_client):
     query = {"query": "{ __schema { types { name } } }"}
-    with TestClient(create_app(settings)) as client:
-        assert client.post("/graphql", json=query).json()["data"]["__schema"]["types"]
-    with TestClient(create_app(with_settings(settings, introspection=False))) as client:
-        response = client.post("/graphql", json=query)
-        assert response.json()["data"] is None
-        assert "introspection has been disabled" in response.json()["errors"][0]["message"]
-        assert gql(client, "{ indexes { code } }")["data"]["indexes"]
+    default = make_client()
+    assert default.post("/graphql", json=query).json()["data"]["__schema"]["types"]
+    client = make_client(introspection=False)
+    response = client.post("/graphql", json=query)
+    assert response.json()["data"] is None
+    assert "introspection has been disabled" in response.json()["errors"][0]["message"]
+    assert gql(client, "{ indexes { code } }")["data"]["indexes"]
 
 
-def test_graphiql_can_be_turned_off(settings):
-    with TestClient(create_app(with_settings(settings, graphiql=False))) as client:
-        response = client.get("/graphql", headers={"Accept": "text/html"})
-        assert "graphiql" not in response.text.lower()
-        assert client.get("/graphql", params={"query": "{ indexes { code } }"}).status_code == 200
+def test_graphiql_can_be_turned_off(make_client):
+    client = make_client(graphiql=False)
+    response = client.get("/graphql", headers={"Accept": "text/html"})
+    assert "graphiql" not in response.text.lower()
+    assert client.get("/graphql", params={"query": "{ indexes { code } }"}).status_code == 200
 
 
-def test_cors_allows_only_configured_origins(settings):
-    with TestClient(create_app(settings)) as client:
-        response = client.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://dash.example"})
-        assert "access-control-allow-origin" not in response.headers
-    with TestClient(create_app(with_settings(settings, cors_origins="https://dash.example"))) as client:
-        preflight = client.options(
-            "/graphql",
-            headers={"Origin": "https://dash.example", "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "content-type,authorization"},
-        )
-        assert preflight.status_code == 200
-        assert preflight.headers["access-control-allow-origin"] == "https://dash.example"
-        other = client.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://evil.example"})
-        assert "access-control-allow-origin" not in other.headers
+def test_cors_allows_only_configured_origins(make_client):
+    default = make_client()
+    response = default.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://dash.example"})
+    assert "access-control-allow-origin" not in response.headers
+    client = make_client(cors_origins="https://dash.example")
+    preflight = client.options(
+        "/graphql",
+        headers={"Origin": "https://dash.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,authorization"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://dash.example"
+    other = client.post("/graphql", json={"query": "{ indexes { code } }"}, headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
 
 
-def test_trusted_hosts(settings):
-    with TestClient(create_app(with_settings(settings, trusted_hosts="api.example,testserver"))) as client:
-        assert client.get("/healthz").status_code == 200
-        assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+def test_trusted_hosts(make_client):
+    client = make_client(trusted_hosts="api.example,testserver")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
 
 
 # --- Redis hygiene ----------------------------------------------------------------------------------
@@ -261,55 +203,19 @@ def test_every_key_is_under_the_prefix_and_holds_no_user_text(client, redis_serv
     assert not any(b"hsi" in k.lower() or b"2024" in k or b"000300" in k for k in ours)
 
 
-def test_oversize_entries_are_served_not_cached_and_counted(settings, redis_server):
-    with TestClient(create_app(with_settings(settings, cache_max_entry_bytes=4096))) as client:
-        def oversize_count() -> float:
-            text = client.get("/metrics").text
-            match = re.search(r'gql_cache_oversize_total\{field="indexChart"\} (\S+)', text)
-            return float(match.group(1)) if match else 0.0
+def test_oversize_entries_are_served_not_cached_and_counted(make_client, redis_server):
+    client = make_client(cache_max_entry_bytes=4096)
+    def oversize_count() -> float:
+        text = client.get("/metrics").text
+        match = re.search(r'gql_cache_oversize_total\{field="indexChart"\} (\S+)', text)
+        return float(match.group(1)) if match else 0.0
 
-        before = oversize_count()
-        query = '{ indexChart(codes: ["HSI"], start: "2024-01-01") { series { points { close } } } }'
-        first, second = gql(client, query), gql(client, query)
-        assert first["data"] == second["data"] and len(first["data"]["indexChart"]["series"][0]["points"]) > 100
-        assert statuses(first) == statuses(second) == ["MISS"]
-        assert oversize_count() == before + 2
-        small = '{ yieldThisYear(codes: ["HSI"]) { code } }'
-        gql(client, small)
-        assert statuses(gql(client, small)) == ["HIT"]
-
-
-def test_metrics_endpoint(client):
-    gql(client, YIELD)
-    gql(client, YIELD)
-    text = client.get("/metrics").text
-    for name in ("gql_cache_lookups_total", "gql_computations_total", "gql_computation_seconds_bucket", "gql_cache_redis_up"):
-        assert name in text
-    assert re.search(r'gql_cache_lookups_total\{field="yieldThisYear",outcome="hit"\} [1-9]', text)
-
-
-def test_one_structured_log_line_per_request(client, caplog):
-    with caplog.at_level(logging.INFO, logger="gql.access"):
-        client.post("/graphql", json={"query": "query Dash { yieldThisYear { code } }", "operationName": "Dash"},
-                    headers={"X-Request-ID": "line-1"})
-        client.post("/graphql", json={"query": "query Dash { yieldThisYear { code } }", "operationName": "Dash"},
-                    headers={"X-Request-ID": "line-2"})
-        client.get("/healthz", headers={"X-Request-ID": "line-3"})
-    lines = [r for r in caplog.records if r.name == "gql.access"]
-    assert [r.request_id for r in lines] == ["line-1", "line-2", "line-3"]
-    first, second, health = (r.fields for r in lines)
-    assert first["operation"] == "Dash" and [e["status"] for e in first["cache"]] == ["MISS"]
-    assert [e["status"] for e in second["cache"]] == ["HIT"]
-    assert first["status"] == 200 and first["method"] == "POST" and first["duration_ms"] > 0
-    assert health["path"] == "/healthz" and "cache" not in health
-
-
-def test_json_log_lines():
-    import json
-
-    from gql.logs import JsonFormatter
-
-    record = logging.LogRecord("gql.access", logging.INFO, __file__, 1, "POST /graphql 200", None, None)
-    record.request_id, record.fields = "abc", {"status": 200, "operation": "Dash"}
-    entry = json.loads(JsonFormatter().format(record))
-    assert entry["request_id"] == "abc" and entry["status"] == 200 and entry["operation"] == "Dash"
+    before = oversize_count()
+    query = '{ indexChart(codes: ["HSI"], start: "2024-01-01") { series { points { close } } } }'
+    first, second = gql(client, query), gql(client, query)
+    assert first["data"] == second["data"] and len(first["data"]["indexChart"]["series"][0]["points"]) > 100
+    assert statuses(first) == statuses(second) == ["MISS"]
+    assert oversize_count() == before + 2
+    small = '{ yieldThisYear(codes: ["HSI"]) { code } }'
+    gql(client, small)
+    assert statuses(gql(client, small)) == ["HIT"]

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
-from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from gql.app import create_app
 from gql.config import Settings
-from tests.conftest import with_settings
-from tests.test_app import CHART, YIELD, statuses
+from tests.support.http import CHART, YIELD, statuses
 
 QUERIES = [
     (CHART, {"codes": ["HSI", "000300"], "f": "WEEKLY", "start": "2019-06-01"}),
@@ -24,15 +23,13 @@ QUERIES = [
 
 
 @pytest.fixture
-def pooled(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(with_settings(settings, query_processes=1, cache_prefix=settings.cache_prefix + "-w"))) as client:
-        yield client
+def pooled(make_client, settings: Settings) -> TestClient:
+    return make_client(query_processes=1, cache_prefix=settings.cache_prefix + "-w")
 
 
 @pytest.fixture
-def inline(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        yield client
+def inline(make_client) -> TestClient:
+    return make_client()
 
 
 def ask(client: TestClient, query: str, variables: dict) -> dict:
@@ -68,26 +65,68 @@ def test_worker_metrics_reach_the_server(pooled):
     assert computed() == before + 1
 
 
-def test_a_killed_worker_is_replaced_and_the_request_still_answered(pooled):
+def worker_processes() -> set[int]:
+    """Live query worker processes of this test process's apps: its children that multiprocessing
+    spawned (found in /proc, as `ps` would; the resource tracker and redis-server are not spawn_main)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == os.getpid() and state not in ("Z", "X") and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def computed_in_this_process(client: TestClient) -> int:
+    return sum(client.app.state.service.cache.computations.values())
+
+
+def computed_anywhere(client: TestClient) -> float:
+    """gql_computations_total of yieldThisYear on /metrics: the server's and its workers' (sent back)."""
+    match = re.search(r'gql_computations_total\{field="yieldThisYear"\} (\S+)', client.get("/metrics").text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_killed_worker_is_replaced_and_the_request_still_answered(pooled, caplog):
     ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2022-02-02"})
-    workers = pooled.app.state.responses.workers
-    for pid in list(workers._pool._processes):
+    killed = worker_processes()
+    assert len(killed) == 1  # query_processes=1
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
-    body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2021-02-02"})
+    with caplog.at_level(logging.ERROR, logger="gql.workers"):
+        body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2021-02-02"})
     assert body["data"]["yieldThisYear"][0]["code"] == "HSI"
-    body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2020-02-03"})
+    # The pool noticed the death and answered this one in the server.
+    assert sum("a query worker process died" in r.getMessage() for r in caplog.records) == 1
+    in_server, anywhere = computed_in_this_process(pooled), computed_anywhere(pooled)
+    assert in_server == 1
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="gql.workers"):
+        body = ask(pooled, YIELD, {"codes": ["HSI"], "asOf": "2020-02-03"})
     assert body["data"]["yieldThisYear"][0]["code"] == "HSI" and statuses(body) == ["MISS"]
+    # Answered by a new worker process: computed once, not in the server, with no worker failure.
+    assert computed_anywhere(pooled) == anywhere + 1 and computed_in_this_process(pooled) == in_server
+    assert not [r for r in caplog.records if r.name == "gql.workers"]
+    replacements = worker_processes()
+    assert len(replacements) == 1 and replacements.isdisjoint(killed)
+    for pid in replacements:
+        os.kill(pid, 0)  # alive
 
 
-def test_while_redis_is_away_a_refresh_still_holds(settings, own_redis):
-    config = with_settings(settings, redis_url=own_redis.url, query_processes=1, admin_token="t")
-    with TestClient(create_app(config)) as client:
-        first = ask(client, YIELD, {"asOf": "2024-04-04"})
-        own_redis.stop()
-        during = ask(client, YIELD, {"asOf": "2024-04-04"})
-        assert during["data"] == first["data"]
-        refreshed = client.post("/graphql", json={"query": "mutation { refreshCache { refreshed { target } } }"},
-                                headers={"Authorization": "Bearer t"})
-        assert refreshed.json()["data"]["refreshCache"]["refreshed"]
-        # Served by the server process, whose cache the refresh reached: never a hit from before it.
-        assert statuses(ask(client, YIELD, {"asOf": "2024-04-04"})) != ["HIT"]
+def test_while_redis_is_away_a_refresh_still_holds(own_redis, make_client):
+    client = make_client(redis_url=own_redis.url, query_processes=1, admin_token="t")
+    first = ask(client, YIELD, {"asOf": "2024-04-04"})
+    own_redis.stop()
+    during = ask(client, YIELD, {"asOf": "2024-04-04"})
+    assert during["data"] == first["data"]
+    refreshed = client.post("/graphql", json={"query": "mutation { refreshCache { refreshed { target } } }"},
+                            headers={"Authorization": "Bearer t"})
+    assert refreshed.json()["data"]["refreshCache"]["refreshed"]
+    # Served by the server process, whose cache the refresh reached: never a hit from before it.
+    assert statuses(ask(client, YIELD, {"asOf": "2024-04-04"})) != ["HIT"]

@@ -16,7 +16,7 @@ from gql.cache.leases import Handoff, Leases
 from gql.cache.local import LocalCache
 from gql.cache.policy import EntryPolicy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.cache")
 
 _Flight = tuple[str, int]  # (entry key, generation)
 

@@ -23,7 +23,7 @@ from gql.cache.policy import EntryPolicy
 from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
 from gql.config import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.cache")
 
 # A bound on takeovers; each holder either ends or dies.
 _MAX_TAKEOVERS = 20

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from gql.cache.redis_link import RedisLink
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.cache")
 
 
 class Notifications:

@@ -14,7 +14,7 @@ from gql.cache.entries import CacheEntry, Computation
 from gql.clock import Clock
 from gql.config import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.cache")
 
 
 class EntryPolicy:

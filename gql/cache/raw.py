@@ -11,7 +11,7 @@ from gql.cache.keys import Keys
 from gql.cache.local import LocalCache
 from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.cache")
 
 
 class RawStore:

@@ -20,7 +20,7 @@ from gql.cache.breaker import BreakerState, CircuitBreaker
 from gql.clock import SYSTEM_CLOCK, Clock
 from gql.config import Settings, without_password
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.cache")
 
 # Store several keys only if every listed generation is still what the caller read before computing.
 # KEYS: n generation keys, then the value keys; ARGV: n, the n generations, the TTL in ms, the values.

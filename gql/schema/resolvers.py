@@ -28,7 +28,7 @@ from gql.schema.types import (
 )
 from gql.service import Service
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gql.schema")  # the name operators filter on (as before the split)
 
 
 @dataclass

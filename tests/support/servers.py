@@ -1,0 +1,154 @@
+"""Processes of the suite's own: redis-server on a free port, and `python -m gql serve` as a user runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import redis
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the suite's own, which tests may stop, freeze, thaw and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not on PATH; the tests need a real Redis (apt-get install redis-server)")
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m gql` runs there
+
+
+class ServerProcess:
+    """`python -m gql serve` on a free port, as a user runs it, in its own process group (so that
+    teardown, or `kill`, reaches its query worker processes too).
+
+    The environment is this one without GQL_* variables (a developer's must not change what tests
+    see), plus REDIS_URL, a private cache prefix, and `env`. Output goes to `log` (a temporary file
+    when not given), shown when the server does not start.
+    """
+
+    def __init__(self, redis_url: str, env: dict[str, str], args: tuple[str, ...] = (), log: Path | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
+        environ |= {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"srv-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning", **env}
+        self.prefix = environ["GQL_CACHE_PREFIX"]
+        self._own_log = log is None
+        self.log = Path(tempfile.mkstemp(prefix="gql-serve-", suffix=".log")[1]) if log is None else log
+        self._output = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gql", "serve", "--port", str(self.port), *args],
+            cwd=ROOT, env=environ, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, deadline: float) -> None:
+        while True:
+            try:
+                if httpx2.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: the server and its query workers die mid-work."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def reap(self) -> None:
+        """Wait for the server to end (after `terminate`), then end anything of its group still there."""
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._output.close()
+        if self._own_log:
+            self.log.unlink(missing_ok=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_server(redis_url: str, *args: str, log: Path | None = None, **env: str) -> Iterator[str]:
+    """A ServerProcess, ready; yields its base URL and stops it at the end."""
+    server = ServerProcess(redis_url, env, args, log)
+    try:
+        server.wait_ready(time.monotonic() + 60)
+        yield server.base
+    finally:
+        server.terminate()
+        server.reap()
