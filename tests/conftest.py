@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from gql.app import create_app
 from gql.config import Settings
+from tests.support.caches import CacheFactory
 from tests.support.http import ADMIN_TOKEN
 from tests.support.servers import RedisServer
 from tests.support.settings import with_settings
@@ -27,6 +28,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def make_cache() -> AsyncIterator[CacheFactory]:
+    """Result caches on a real Redis (see CacheFactory), every one closed at teardown, even when the test fails."""
+    factory = CacheFactory()
+    yield factory
+    await factory.close()
 
 
 @pytest.fixture

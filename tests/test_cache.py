@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import replace
 
 import pytest
 
@@ -14,19 +13,11 @@ from gql.cache import BreakerState, CacheState, CacheStatus, ComputationError, R
 from gql.cache.entries import Computation
 from gql.cache.keys import Keys
 from gql.config import Settings
+from tests.support.caches import ManualClock
 
 pytestmark = pytest.mark.anyio
 
 PARTS = {"codes": ["000300"], "asOf": "2024-05-06"}
-
-
-def make_cache(url: str, **changes) -> ResultCache:
-    # No TTL jitter or early refresh unless a test asks: lifetimes are then exact.
-    config = dict(
-        redis_url=url, cache_prefix=f"t-{uuid.uuid4().hex[:8]}", redis_retry_seconds=0.1, cache_ttl_jitter=0.0, cache_early_refresh=0.0
-    )
-    config.update(changes)
-    return ResultCache(Settings(**config))
 
 
 def cache_key(prefix: str, namespace: str, parts) -> str:
@@ -50,7 +41,7 @@ class Counted:
         return self.value if self.value is not None else {"run": self.runs, "x": [1.5, 2.25]}
 
 
-async def test_hit_returns_exactly_what_the_miss_returned(redis_server):
+async def test_hit_returns_exactly_what_the_miss_returned(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     compute = Counted({"nested": {"a": [1.0, 0.1 + 0.2, -8.08]}, "s": "沪深300", "flag": True})
     first = await cache.get_or_compute("ns", PARTS, 60, compute)
@@ -58,42 +49,40 @@ async def test_hit_returns_exactly_what_the_miss_returned(redis_server):
     assert first.status is CacheStatus.MISS and second.status is CacheStatus.HIT
     assert second.value == first.value and compute.runs == 1
     assert 0 <= second.age_seconds < 5 and second.ttl_seconds == pytest.approx(60 - second.age_seconds)
-    await cache.close()
 
 
-async def test_past_its_ttl_a_value_is_served_stale_and_recomputed_in_the_background(redis_server):
-    cache = make_cache(redis_server.url)
+async def test_past_its_ttl_a_value_is_served_stale_and_recomputed_in_the_background(redis_server, make_cache):
+    clock = ManualClock()
+    cache = make_cache(redis_server.url, clock=clock)
     compute = Counted()
     await cache.get_or_compute("ns", PARTS, 0.3, compute)
     assert (await cache.get_or_compute("ns", PARTS, 0.3, compute)).status is CacheStatus.HIT
-    await asyncio.sleep(0.45)
+    clock.advance(0.45)
     stale = await cache.get_or_compute("ns", PARTS, 0.3, compute)
     assert stale.status is CacheStatus.STALE and stale.value["run"] == 1 and stale.ttl_seconds == 0
     await cache.drain()
     again = await cache.get_or_compute("ns", PARTS, 0.3, compute)
     assert again.status is CacheStatus.HIT and again.value["run"] == 2 and compute.runs == 2
-    await cache.close()
 
 
-async def test_past_the_stale_period_a_value_is_recomputed_before_answering(redis_server):
-    cache = make_cache(redis_server.url, cache_stale_seconds=0.1)
+async def test_past_the_stale_period_a_value_is_recomputed_before_answering(redis_server, make_cache):
+    clock = ManualClock()
+    cache = make_cache(redis_server.url, clock=clock, cache_stale_seconds=0.1)
     compute = Counted()
     await cache.get_or_compute("ns", PARTS, 0.2, compute)
-    await asyncio.sleep(0.4)
+    clock.advance(0.4)
     again = await cache.get_or_compute("ns", PARTS, 0.2, compute)
     assert again.status is CacheStatus.MISS and again.value["run"] == 2
-    await cache.close()
 
 
-async def test_entry_lives_in_redis_for_its_ttl_plus_the_longer_of_stale_and_fail_safe_periods(redis_server):
+async def test_entry_lives_in_redis_for_its_ttl_plus_the_longer_of_stale_and_fail_safe_periods(redis_server, make_cache):
     cache = make_cache(redis_server.url, cache_stale_seconds=30, cache_fail_safe_seconds=600)
     await cache.get_or_compute("ns", PARTS, 120, Counted())
     key = cache_key(cache.keys.prefix, "ns", PARTS)
     assert 710_000 < redis_server.client().pttl(key) <= 720_000
-    await cache.close()
 
 
-async def test_other_arguments_are_other_keys_and_key_order_does_not_matter(redis_server):
+async def test_other_arguments_are_other_keys_and_key_order_does_not_matter(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     compute = Counted()
     await cache.get_or_compute("ns", {"a": 1, "b": 2}, 60, compute)
@@ -101,7 +90,6 @@ async def test_other_arguments_are_other_keys_and_key_order_does_not_matter(redi
     assert (await cache.get_or_compute("ns", {"a": 1, "b": 3}, 60, compute)).status is CacheStatus.MISS
     assert (await cache.get_or_compute("other", {"a": 1, "b": 2}, 60, compute)).status is CacheStatus.MISS
     assert compute.runs == 3
-    await cache.close()
 
 
 def test_keys_hold_no_user_text():
@@ -109,7 +97,7 @@ def test_keys_hold_no_user_text():
     assert "FLUSHALL" not in key and len(key) < 80
 
 
-async def test_concurrent_misses_share_one_computation(redis_server):
+async def test_concurrent_misses_share_one_computation(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     compute = Counted()
     compute.gate = asyncio.Event()
@@ -119,10 +107,9 @@ async def test_concurrent_misses_share_one_computation(redis_server):
     results = await asyncio.gather(*calls)
     assert compute.runs == 1 and cache.computations["ns"] == 1
     assert all(r.value == results[0].value for r in results)
-    await cache.close()
 
 
-async def test_a_cancelled_caller_does_not_cancel_the_shared_computation(redis_server):
+async def test_a_cancelled_caller_does_not_cancel_the_shared_computation(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     compute = Counted()
     compute.gate = asyncio.Event()
@@ -134,10 +121,9 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_computation(redis_s
     assert (await second).value == {"run": 1, "x": [1.5, 2.25]}
     assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
     assert compute.runs == 1
-    await cache.close()
 
 
-async def test_invalidate_makes_every_variant_stale(redis_server):
+async def test_invalidate_makes_every_variant_stale(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     compute = Counted()
     for day in ("2024-01-02", "2024-03-04"):
@@ -148,10 +134,9 @@ async def test_invalidate_makes_every_variant_stale(redis_server):
         result = await cache.get_or_compute("ns", {"asOf": day}, 60, compute)
         assert result.status is CacheStatus.REFRESHED and result.value["run"] > 3
     assert (await cache.get_or_compute("kept", PARTS, 60, compute)).status is CacheStatus.HIT
-    await cache.close()
 
 
-async def test_a_computation_started_before_invalidate_does_not_store_its_value(redis_server):
+async def test_a_computation_started_before_invalidate_does_not_store_its_value(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     slow = Counted({"computed": "before refresh"})
     slow.gate = asyncio.Event()
@@ -164,10 +149,9 @@ async def test_a_computation_started_before_invalidate_does_not_store_its_value(
     await in_flight
     again = await cache.get_or_compute("ns", PARTS, 60, Counted({"computed": "third"}))
     assert again.status is CacheStatus.HIT and again.value == {"computed": "after refresh"}
-    await cache.close()
 
 
-async def test_a_corrupt_entry_is_a_miss_and_is_overwritten(redis_server, caplog):
+async def test_a_corrupt_entry_is_a_miss_and_is_overwritten(redis_server, caplog, make_cache):
     cache = make_cache(redis_server.url)
     key = cache_key(cache.keys.prefix, "ns", PARTS)
     client = redis_server.client()
@@ -178,10 +162,9 @@ async def test_a_corrupt_entry_is_a_miss_and_is_overwritten(redis_server, caplog
         assert result.status is CacheStatus.MISS and result.value == {"ok": True}
         assert (await cache.get_or_compute("ns", PARTS, 60, Counted())).status is CacheStatus.HIT
     assert sum("cannot be decoded" in r.message for r in caplog.records) == 1  # logged once per key
-    await cache.close()
 
 
-async def test_disabled_cache_bypasses_redis(redis_server):
+async def test_disabled_cache_bypasses_redis(redis_server, make_cache):
     cache = make_cache(redis_server.url, cache_enabled=False)
     compute = Counted()
     for _ in range(2):
@@ -189,11 +172,11 @@ async def test_disabled_cache_bypasses_redis(redis_server):
         assert result.status is CacheStatus.BYPASS
     assert compute.runs == 2 and cache.state is CacheState.DISABLED
     assert not redis_server.client().keys(f"{cache.keys.prefix}:*")
-    await cache.close()
 
 
-async def test_redis_stopped_then_back(own_redis):
-    cache = make_cache(own_redis.url, redis_breaker_failures=1)
+async def test_redis_stopped_then_back(own_redis, make_cache):
+    clock = ManualClock()
+    cache = make_cache(own_redis.url, clock=clock, redis_breaker_failures=1)
     compute = Counted()
     await cache.get_or_compute("ns", PARTS, 60, compute)
     own_redis.stop()
@@ -203,15 +186,14 @@ async def test_redis_stopped_then_back(own_redis):
     assert cache.state is CacheState.DEGRADED
     assert down1.status is CacheStatus.MISS and down2.status is CacheStatus.HIT and compute.runs == 2
     own_redis.start()  # same port, empty
-    await asyncio.sleep(0.15)
+    clock.advance(0.15)  # past the breaker's cool-down
     back = await cache.get_or_compute("ns", PARTS, 60, compute)
     assert cache.state is CacheState.OK and back.status is CacheStatus.MISS
     assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
     assert own_redis.client().keys(f"{cache.keys.prefix}:entry:*")
-    await cache.close()
 
 
-async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_redis):
+async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_redis, make_cache):
     cache = make_cache(own_redis.url, redis_timeout=0.1, redis_retry_seconds=30, redis_breaker_failures=3)
     compute = Counted()
     await cache.get_or_compute("ns", PARTS, 60, compute)
@@ -235,26 +217,25 @@ async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_red
         assert calls == []
     finally:
         own_redis.thaw()
-    await cache.close()
 
 
-async def test_the_breaker_probes_after_its_cool_down_and_closes_when_redis_answers(own_redis):
-    cache = make_cache(own_redis.url, redis_retry_seconds=0.3, redis_breaker_failures=1, redis_timeout=0.05)
+async def test_the_breaker_probes_after_its_cool_down_and_closes_when_redis_answers(own_redis, make_cache):
+    clock = ManualClock()
+    cache = make_cache(own_redis.url, clock=clock, redis_retry_seconds=0.3, redis_breaker_failures=1, redis_timeout=0.05)
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.freeze()
     try:
         for _ in range(5):  # timeouts open it once they have gone on for 5 x the bound
             await cache.get_or_compute("ns", PARTS, 60, Counted())
         assert cache.breaker_state is BreakerState.OPEN
-        await asyncio.sleep(0.4)
+        clock.advance(0.4)
         await cache.get_or_compute("ns", PARTS, 60, Counted())  # the probe fails: open again
         assert cache.breaker_state is BreakerState.OPEN
     finally:
         own_redis.thaw()
-    await asyncio.sleep(0.4)
+    clock.advance(0.4)
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     assert cache.breaker_state is BreakerState.CLOSED and cache.state is CacheState.OK
-    await cache.close()
 
 
 def test_every_redis_call_is_bounded_and_never_retried():
@@ -267,26 +248,21 @@ def test_every_redis_call_is_bounded_and_never_retried():
     assert writer["socket_connect_timeout"] <= 0.1 and writer["retry"].get_retries() == 0
 
 
-async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis):
-    cache = make_cache(own_redis.url, redis_breaker_failures=1)
+async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis, make_cache):
+    clock = ManualClock()
+    cache = make_cache(own_redis.url, clock=clock, redis_breaker_failures=1)
     await cache.get_or_compute("ns", PARTS, 60, Counted({"old": True}))
     own_redis.freeze()
     try:
         await cache.invalidate("ns")
     finally:
         own_redis.thaw()
-    await asyncio.sleep(0.15)
+    clock.advance(0.15)  # past the breaker's cool-down
     after = await cache.get_or_compute("ns", PARTS, 60, Counted({"new": True}))
     assert after.value == {"new": True} and after.status is CacheStatus.REFRESHED
-    await cache.close()
 
 
 # --- single flight across processes (two caches on one Redis stand for two processes) -------------
-
-
-def twin(cache: ResultCache, **changes) -> ResultCache:
-    """Another cache on the same Redis and prefix: what another process or host would have."""
-    return ResultCache(replace(cache.settings, **changes))
 
 
 class Failing:
@@ -300,9 +276,9 @@ class Failing:
         raise RuntimeError("the price feed is down")
 
 
-async def test_concurrent_misses_in_two_processes_run_one_computation(redis_server):
+async def test_concurrent_misses_in_two_processes_run_one_computation(redis_server, make_cache):
     first = make_cache(redis_server.url, cache_lease_seconds=30)
-    second = twin(first)
+    second = make_cache.twin(first)
     compute = Counted()
     compute.gate = asyncio.Event()
     calls = [asyncio.ensure_future(c.get_or_compute("ns", PARTS, 60, compute)) for c in (first, second) * 10]
@@ -313,13 +289,11 @@ async def test_concurrent_misses_in_two_processes_run_one_computation(redis_serv
     results = await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
     assert compute.runs == 1 and first.computations["ns"] + second.computations["ns"] == 1
     assert all(r.value == results[0].value for r in results)
-    for cache in (first, second):
-        await cache.close()
 
 
-async def test_a_computation_longer_than_its_lease_still_runs_once(redis_server):
+async def test_a_computation_longer_than_its_lease_still_runs_once(redis_server, make_cache):
     first = make_cache(redis_server.url, cache_lease_seconds=0.3)
-    second = twin(first)
+    second = make_cache.twin(first)
     compute = Counted()
     compute.gate = asyncio.Event()
     holder = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, compute))
@@ -328,11 +302,9 @@ async def test_a_computation_longer_than_its_lease_still_runs_once(redis_server)
     await asyncio.sleep(1.0)  # more than three lease periods: the holder keeps extending it
     compute.gate.set()
     assert (await holder).value == (await waiter).value and compute.runs == 1
-    for cache in (first, second):
-        await cache.close()
 
 
-async def test_when_the_lease_holder_dies_another_process_takes_over(redis_server):
+async def test_when_the_lease_holder_dies_another_process_takes_over(redis_server, make_cache):
     cache = make_cache(redis_server.url, cache_lease_seconds=0.5)
     # What a holder killed mid-computation leaves behind: its lease, running out, never extended.
     generation = 0
@@ -343,12 +315,11 @@ async def test_when_the_lease_holder_dies_another_process_takes_over(redis_serve
     result = await asyncio.wait_for(cache.get_or_compute("ns", PARTS, 60, compute), timeout=5)
     assert result.value == {"computed": "by the survivor"} and compute.runs == 1
     assert asyncio.get_running_loop().time() - began >= 0.3  # it did wait for the lease first
-    await cache.close()
 
 
-async def test_a_failure_is_shared_with_the_waiting_processes(redis_server):
+async def test_a_failure_is_shared_with_the_waiting_processes(redis_server, make_cache):
     first = make_cache(redis_server.url, cache_lease_seconds=30)
-    second = twin(first)
+    second = make_cache.twin(first)
     gate = asyncio.Event()
     runs = 0
 
@@ -367,19 +338,18 @@ async def test_a_failure_is_shared_with_the_waiting_processes(redis_server):
         with pytest.raises(ComputationError, match="no earlier result"):
             await asyncio.wait_for(call, timeout=5)
     assert runs == 1
-    for cache in (first, second):
-        await cache.close()
 
 
 # --- stale-while-revalidate and early refresh ---------------------------------------------------------
 
 
-async def test_a_stale_value_is_recomputed_once_across_processes(redis_server):
-    first = make_cache(redis_server.url)
-    second = twin(first)
+async def test_a_stale_value_is_recomputed_once_across_processes(redis_server, make_cache):
+    clock = ManualClock()
+    first = make_cache(redis_server.url, clock=clock)
+    second = make_cache.twin(first)
     compute = Counted()
     await first.get_or_compute("ns", PARTS, 0.2, compute)
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)
     compute.gate = asyncio.Event()
     stale = await asyncio.gather(*[c.get_or_compute("ns", PARTS, 0.2, compute) for c in (first, second) * 5])
     assert {r.status for r in stale} == {CacheStatus.STALE} and {r.value["run"] for r in stale} == {1}
@@ -389,11 +359,9 @@ async def test_a_stale_value_is_recomputed_once_across_processes(redis_server):
     assert compute.runs == 2
     fresh = await second.get_or_compute("ns", PARTS, 60, compute)
     assert fresh.status is CacheStatus.HIT and fresh.value["run"] == 2
-    for cache in (first, second):
-        await cache.close()
 
 
-async def test_hot_keys_are_recomputed_before_they_expire_when_early_refresh_is_on(redis_server):
+async def test_hot_keys_are_recomputed_before_they_expire_when_early_refresh_is_on(redis_server, make_cache):
     async def slowish():
         await asyncio.sleep(0.05)
         return {"at": time.time()}
@@ -410,22 +378,21 @@ async def test_hot_keys_are_recomputed_before_they_expire_when_early_refresh_is_
     await never.get_or_compute("ns", PARTS, 60, slowish)
     await never.drain()
     assert never.computations["ns"] == 1
-    for cache in (eager, never):
-        await cache.close()
 
 
 # --- fail-safe -------------------------------------------------------------------------------------------
 
 
-async def test_a_failed_computation_is_answered_with_the_last_good_value(redis_server):
-    first = make_cache(redis_server.url, cache_stale_seconds=0, cache_fail_safe_retry_seconds=0.5)
+async def test_a_failed_computation_is_answered_with_the_last_good_value(redis_server, make_cache):
+    clock = ManualClock()
+    first = make_cache(redis_server.url, clock=clock, cache_stale_seconds=0, cache_fail_safe_retry_seconds=0.5)
     await first.get_or_compute("ns", PARTS, 0.1, Counted({"good": 1}))
-    await asyncio.sleep(0.2)
+    clock.advance(0.2)
     failing = Failing()
     kept = await first.get_or_compute("ns", PARTS, 0.1, failing)
     assert kept.status is CacheStatus.STALE and kept.value == {"good": 1} and kept.error == "RuntimeError"
     # Retries are throttled, in this process and in the others (through Redis).
-    second = twin(first)
+    second = make_cache.twin(first)
     for cache in (first, second, first):
         again = await cache.get_or_compute("ns", PARTS, 0.1, failing)
         assert again.status is CacheStatus.STALE and again.error == "RuntimeError"
@@ -437,20 +404,18 @@ async def test_a_failed_computation_is_answered_with_the_last_good_value(redis_s
     await asyncio.sleep(0.6)
     recovered = await second.get_or_compute("ns", PARTS, 60, Counted({"good": 2}))
     assert recovered.status is CacheStatus.MISS and recovered.value == {"good": 2} and recovered.error is None
-    for cache in (first, second):
-        await cache.close()
 
 
-async def test_a_value_older_than_the_fail_safe_limit_does_not_stand_in(redis_server):
-    cache = make_cache(redis_server.url, cache_stale_seconds=0, cache_fail_safe_seconds=0.2)
+async def test_a_value_older_than_the_fail_safe_limit_does_not_stand_in(redis_server, make_cache):
+    clock = ManualClock()
+    cache = make_cache(redis_server.url, clock=clock, cache_stale_seconds=0, cache_fail_safe_seconds=0.2)
     await cache.get_or_compute("ns", PARTS, 0.1, Counted({"good": 1}))
-    await asyncio.sleep(0.4)
+    clock.advance(0.4)
     with pytest.raises(ComputationError):
         await cache.get_or_compute("ns", PARTS, 0.1, Failing())
-    await cache.close()
 
 
-async def test_with_no_earlier_value_a_failure_is_an_error_and_nothing_is_cached(redis_server):
+async def test_with_no_earlier_value_a_failure_is_an_error_and_nothing_is_cached(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     failing = Failing()
     for _ in range(2):
@@ -458,10 +423,9 @@ async def test_with_no_earlier_value_a_failure_is_an_error_and_nothing_is_cached
             await cache.get_or_compute("ns", PARTS, 60, failing)
     assert failing.runs == 2  # not throttled: there is nothing to serve instead
     assert not redis_server.client().keys(f"{cache.keys.prefix}:entry:*")
-    await cache.close()
 
 
-async def test_a_refused_argument_error_reaches_the_caller_as_it_is(redis_server, caplog):
+async def test_a_refused_argument_error_reaches_the_caller_as_it_is(redis_server, caplog, make_cache):
     class WrongDates(ValueError):
         pass
 
@@ -472,15 +436,14 @@ async def test_a_refused_argument_error_reaches_the_caller_as_it_is(redis_server
     with caplog.at_level(logging.WARNING, logger="gql.cache"), pytest.raises(WrongDates):
         await cache.get_or_compute("ns", PARTS, 60, refusing, refused=(WrongDates,))
     assert not caplog.records
-    await cache.close()
 
 
 # --- refresh ----------------------------------------------------------------------------------------------
 
 
-async def test_a_computation_held_at_a_barrier_does_not_overwrite_a_refresh(redis_server):
+async def test_a_computation_held_at_a_barrier_does_not_overwrite_a_refresh(redis_server, make_cache):
     first = make_cache(redis_server.url)
-    second = twin(first)
+    second = make_cache.twin(first)
     old = Counted({"computed": "before refresh"})
     old.gate = asyncio.Event()
     in_flight = asyncio.ensure_future(first.get_or_compute("ns", PARTS, 60, old))
@@ -493,13 +456,11 @@ async def test_a_computation_held_at_a_barrier_does_not_overwrite_a_refresh(redi
     for cache in (first, second):
         after = await cache.get_or_compute("ns", PARTS, 60, Counted({"computed": "third"}))
         assert after.status is CacheStatus.HIT and after.value == {"computed": "by the refresh"}
-    for cache in (first, second):
-        await cache.close()
 
 
-async def test_concurrent_refreshes_coalesce_into_one_computation(redis_server):
+async def test_concurrent_refreshes_coalesce_into_one_computation(redis_server, make_cache):
     first = make_cache(redis_server.url)
-    second = twin(first)
+    second = make_cache.twin(first)
     await first.get_or_compute("ns", PARTS, 60, Counted({"old": True}))
     compute = Counted({"new": True})
     compute.gate = asyncio.Event()
@@ -510,14 +471,12 @@ async def test_concurrent_refreshes_coalesce_into_one_computation(redis_server):
     results = await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
     assert compute.runs == 1 and all(r.value == {"new": True} for r in results)
     assert sum(r.coalesced for r in results) == 3
-    for cache in (first, second):
-        await cache.close()
 
 
 # --- entries --------------------------------------------------------------------------------------------
 
 
-async def test_entries_of_the_right_format_but_the_wrong_shape_are_misses(redis_server):
+async def test_entries_of_the_right_format_but_the_wrong_shape_are_misses(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     key = cache_key(cache.keys.prefix, "ns", PARTS)
     client = redis_server.client()
@@ -528,10 +487,9 @@ async def test_entries_of_the_right_format_but_the_wrong_shape_are_misses(redis_
         client.set(key, junk)
         result = await cache.get_or_compute("ns", PARTS, 60, Counted({"ok": True}))
         assert result.status is CacheStatus.MISS and result.value == {"ok": True}
-    await cache.close()
 
 
-async def test_ttls_of_values_written_together_are_spread(redis_server):
+async def test_ttls_of_values_written_together_are_spread(redis_server, make_cache):
     cache = make_cache(redis_server.url, cache_ttl_jitter=0.1)
     results = [await cache.get_or_compute("ns", {"i": i}, 100, Counted()) for i in range(20)]
     fresh = [r.ttl_seconds for r in results]
@@ -539,10 +497,9 @@ async def test_ttls_of_values_written_together_are_spread(redis_server):
     client = redis_server.client()
     expiries = {client.pttl(cache_key(cache.keys.prefix, "ns", {"i": i})) // 100 for i in range(20)}
     assert len(expiries) > 15
-    await cache.close()
 
 
-async def test_while_the_breaker_is_open_concurrent_misses_share_one_computation(own_redis):
+async def test_while_the_breaker_is_open_concurrent_misses_share_one_computation(own_redis, make_cache):
     cache = make_cache(own_redis.url, redis_breaker_failures=1, redis_retry_seconds=30)
     own_redis.stop()
     await cache.get_or_compute("other", PARTS, 60, Counted())  # opens the breaker
@@ -555,30 +512,29 @@ async def test_while_the_breaker_is_open_concurrent_misses_share_one_computation
     await asyncio.gather(*calls)
     assert compute.runs == 1
     assert (await cache.get_or_compute("ns", PARTS, 60, compute)).status is CacheStatus.HIT
-    await cache.close()
 
 
-async def test_lookups_are_counted_by_outcome(redis_server):
+async def test_lookups_are_counted_by_outcome(redis_server, make_cache):
     from prometheus_client import REGISTRY
 
     def count(outcome: str) -> float:
         return REGISTRY.get_sample_value("gql_cache_lookups_total", {"field": "metered", "outcome": outcome}) or 0.0
 
     before = {o: count(o) for o in ("hit", "miss", "stale", "error")}
-    cache = make_cache(redis_server.url, cache_stale_seconds=0.2, cache_fail_safe_retry_seconds=0)
+    clock = ManualClock()
+    cache = make_cache(redis_server.url, clock=clock, cache_stale_seconds=0.2, cache_fail_safe_retry_seconds=0)
     await cache.get_or_compute("metered", PARTS, 0.1, Counted())  # miss
     await cache.get_or_compute("metered", PARTS, 0.1, Counted())  # hit
-    await asyncio.sleep(0.15)
+    clock.advance(0.15)
     await cache.get_or_compute("metered", PARTS, 0.1, Counted())  # stale
     await cache.drain()
     with pytest.raises(ComputationError):
         await cache.get_or_compute("metered", {"other": 1}, 0.1, Failing())  # error
     after = {o: count(o) - before[o] for o in before}
     assert after == {"hit": 1, "miss": 1, "stale": 1, "error": 1}
-    await cache.close()
 
 
-async def test_a_request_scope_remembers_a_failed_redis_call(own_redis):
+async def test_a_request_scope_remembers_a_failed_redis_call(own_redis, make_cache):
     cache = make_cache(own_redis.url, redis_breaker_failures=10)
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.freeze()
@@ -591,38 +547,36 @@ async def test_a_request_scope_remembers_a_failed_redis_call(own_redis):
             assert not cache.link.failed_in_this_request()
     finally:
         own_redis.thaw()
-    await cache.close()
 
 
-async def test_timeouts_open_the_breaker_only_when_they_go_on(own_redis):
+async def test_timeouts_open_the_breaker_only_when_they_go_on(own_redis, make_cache):
     """A burst can hold the event loop past the bound while Redis is fine; a short run of timeouts
     must not make a process stop using Redis (and so lose fleet-wide single flight)."""
-    cache = make_cache(own_redis.url, redis_breaker_failures=3, redis_timeout=0.05)
+    clock = ManualClock()
+    cache = make_cache(own_redis.url, clock=clock, redis_breaker_failures=3, redis_timeout=0.05)
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.freeze()
     try:
         for _ in range(3):
             cache.link.breaker.failed(timed_out=True)
         assert cache.breaker_state is BreakerState.CLOSED  # three timeouts at once: not yet
-        await asyncio.sleep(0.3)  # 5 x the bound with nothing but failures
+        clock.advance(0.3)  # 5 x the bound with nothing but failures
         cache.link.breaker.failed(timed_out=True)
         assert cache.breaker_state is BreakerState.OPEN
     finally:
         own_redis.thaw()
-    await cache.close()
 
 
-async def test_refused_connections_open_the_breaker_at_once(own_redis):
+async def test_refused_connections_open_the_breaker_at_once(own_redis, make_cache):
     cache = make_cache(own_redis.url, redis_breaker_failures=3)
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     own_redis.stop()
     await cache.get_or_compute("ns", PARTS, 60, Counted())  # lookup, its retry, a lease: refused
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     assert cache.breaker_state is BreakerState.OPEN
-    await cache.close()
 
 
-async def test_a_slow_call_answering_after_the_breaker_opened_does_not_close_it(redis_server):
+async def test_a_slow_call_answering_after_the_breaker_opened_does_not_close_it(redis_server, make_cache):
     """Only the probe closes the breaker: it first applies the refreshes made while Redis was out."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -649,15 +603,14 @@ async def test_a_slow_call_answering_after_the_breaker_opened_does_not_close_it(
     assert cache.breaker_state is BreakerState.OPEN
     after = await cache.get_or_compute("ns", PARTS, 600, Counted({"v": "new"}))
     assert after.value == {"v": "new"}
-    await cache.close()
 
 
 @pytest.mark.parametrize("late", ["lookup", "wait"])
-async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_again(redis_server, late):
+async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_again(redis_server, late, make_cache):
     """Process b misses (or, waiting, reads no entry) just before a stores and lets go of the lease;
     b then gets the free lease, and must find the value rather than compute it again."""
     a = make_cache(redis_server.url)
-    b = twin(a)
+    b = make_cache.twin(a)
     runs = []
 
     def computation(who):
@@ -691,11 +644,9 @@ async def test_a_value_stored_just_before_the_lease_is_taken_is_not_computed_aga
     await asyncio.sleep(0.05)
     second = await b.get_or_compute("ns", PARTS, 60, computation("b"))
     assert (await first).value == second.value and runs == ["a"]
-    for cache in (a, b):
-        await cache.close()
 
 
-async def test_a_miss_that_joins_a_background_recomputation_left_to_another_process_still_gets_a_value(redis_server):
+async def test_a_miss_that_joins_a_background_recomputation_left_to_another_process_still_gets_a_value(redis_server, make_cache):
     cache = make_cache(redis_server.url)
     key = cache.keys.entry("ns", PARTS)
     # Another process holds the lease (and dies): this process's background recomputation leaves it alone...
@@ -705,4 +656,3 @@ async def test_a_miss_that_joins_a_background_recomputation_left_to_another_proc
     # ...and a miss arriving meanwhile joins that flight; it must not come back empty-handed.
     value = (await asyncio.wait_for(cache._flights.fill(Computation(key, 60, compute), 0, True), timeout=5)).value
     assert value == {"v": 1} and compute.runs == 1
-    await cache.close()

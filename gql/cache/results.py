@@ -58,7 +58,7 @@ class ResultCache:
         self.link = RedisLink(settings, self._reconnected, clock)
         self.local = LocalCache(settings.local_cache_entries if local_entries is None else local_entries, clock)
         self.policy = EntryPolicy(settings, clock)
-        self._clock = clock
+        self.clock = clock
         self._background: set[asyncio.Task] = set()
         self._notify = Notifications(self.link, self.keys.channel, lambda: self.state is CacheState.OK)
         self._leases = Leases(settings, self.link, self.keys, self._notify, self.policy, self._background)
@@ -135,7 +135,7 @@ class ResultCache:
         namespace, key = computation.namespace, computation.key
         # Whether Redis answered (after one retry): if not, this request goes on without it.
         use_redis, generation, entry = await self._lookup(key, await self.link.usable())
-        now = self._clock.now()
+        now = self.clock.now()
         if entry is not None and entry.generation == generation:
             age = max(0.0, now - entry.created)
             if age < entry.fresh:
