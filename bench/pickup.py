@@ -131,7 +131,8 @@ def run(imports: int, every: float) -> list[ModeResult]:
 
 
 def _mode(mode: str, extra_env: dict[str, str], imports: int, every: float) -> ModeResult:
-    from gql.data import load_directory, write_index_file
+    from gql.data import write_index_file
+    from gql.sources import load_directory
     from gql.importer import import_csv
     from gql.sample import generate_sample
 

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from gql.data import DataError, load_store
+    from gql.data import DataError
+    from gql.sources import load_store
     from gql.logs import logging_config
 
     host = args.host or settings.host

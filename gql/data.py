@@ -1,4 +1,7 @@
-"""Price history: the index catalogue, the normalized file format, loading and the data version."""
+"""Price history: the index catalogue, the snapshot (`PriceStore`) and its data version, the normalized file format.
+
+Where the data comes from (a directory of files, the built-in sample) is gql/sources.py.
+"""
 
 from __future__ import annotations
 
@@ -149,13 +152,13 @@ def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
 
 def read_index_file(path: Path) -> IndexHistory:
     """Read one normalized file, checking what the importer guarantees."""
-    return _read_index_file(path)[0]
+    return read_stamped(path)[0]
 
 
 FileStamp = tuple[int, int, int]  # size, mtime (ns), inode: a replaced or edited file has another one
 
 
-def _read_index_file(path: Path) -> tuple[IndexHistory, FileStamp]:
+def read_stamped(path: Path) -> tuple[IndexHistory, FileStamp]:
     """The history in one file, and the stamp of the very file that was read.
 
     The file is opened once: an import that replaces it meanwhile (a rename) cannot mix the header of
@@ -206,94 +209,6 @@ def _read_index_file(path: Path) -> tuple[IndexHistory, FileStamp]:
     return IndexHistory(meta, series), stamp
 
 
-def load_directory(data_dir: Path) -> PriceStore:
-    return PriceSource(data_dir).store
-
-
 def is_index_file(name: str) -> bool:
     """Whether a file name in a data directory is an index file (hidden names are an import's temporary files)."""
     return name.endswith(SUFFIX) and not name.startswith(".")
-
-
-def _index_files(data_dir: Path) -> list[os.DirEntry]:
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist; create it with `python -m gql import`")
-    try:
-        entries = sorted((e for e in os.scandir(data_dir) if is_index_file(e.name)),
-                         key=lambda e: e.name)
-    except OSError as exc:
-        raise DataError(f"data directory {data_dir}: cannot list it: {exc.strerror}") from None
-    if not entries:
-        raise DataError(f"data directory {data_dir} holds no index files ({SUFFIX}); "
-                        "add some with `python -m gql import FILE --code CODE --name NAME`")
-    return entries
-
-
-def _stamp(entry: os.DirEntry) -> FileStamp | None:
-    try:
-        stat = entry.stat()
-    except OSError:
-        return None  # removed since it was listed
-    return stat.st_size, stat.st_mtime_ns, entry.inode()
-
-
-def load_store(data_dir: Path | None) -> PriceStore:
-    """The configured data: the files in `data_dir`, or the built-in synthetic sample when it is None."""
-    return PriceSource(data_dir).store
-
-
-def directory_signature(data_dir: Path | None) -> tuple:
-    """Cheap fingerprint (names, sizes, mtimes, inodes) that changes when any index file is replaced or edited."""
-    if data_dir is None:
-        return ()
-    try:
-        entries = sorted(os.scandir(data_dir), key=lambda e: e.name)
-    except OSError:
-        return ("missing",)
-    return tuple((e.name, _stamp(e)) for e in entries if is_index_file(e.name))
-
-
-class PriceSource:
-    """The current PriceStore of a configuration, reloaded when the files under it change.
-
-    A reload is all or nothing: one bad file and the whole data set stays as it was (DataError says
-    which file and what is wrong). It reads only the files whose stamp changed; the others, and their
-    digests, are reused.
-    """
-
-    def __init__(self, data_dir: Path | None) -> None:
-        self.data_dir = data_dir
-        self._files: dict[str, tuple[FileStamp, IndexHistory]] = {}
-        self._tried = directory_signature(data_dir)
-        self.store = self._load()
-
-    @property
-    def description(self) -> str:
-        return "synthetic sample" if self.data_dir is None else str(self.data_dir)
-
-    def changed(self) -> bool:
-        """Whether the files differ from what the last reload (good or bad) saw."""
-        return self.data_dir is not None and directory_signature(self.data_dir) != self._tried
-
-    def reload(self) -> PriceStore:
-        """Load the files again; on a bad file the previous data stays in use and DataError is raised."""
-        self._tried = directory_signature(self.data_dir)
-        self.store = self._load()
-        return self.store
-
-    def _load(self) -> PriceStore:
-        if self.data_dir is None:
-            from gql.sample import generate_sample
-
-            return PriceStore(generate_sample())
-        files: dict[str, tuple[FileStamp, IndexHistory]] = {}
-        for entry in _index_files(self.data_dir):
-            known = self._files.get(entry.name)
-            if known is not None and known[0] == _stamp(entry):
-                files[entry.name] = known
-                continue
-            history, stamp = _read_index_file(Path(entry.path))
-            files[entry.name] = (stamp, history)
-        store = PriceStore(history for _, history in files.values())
-        self._files = files
-        return store

@@ -23,7 +23,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gql.data import DataError, PriceSource, PriceStore, is_index_file
+from gql.data import DataError, PriceStore, is_index_file
+from gql.sources import PriceSource
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from gql.asgi import (
 from gql.cache import CacheState
 from gql.cache.keys import digest
 from gql.data import PriceStore
-from gql.execution import Answer, Operation, execute
+from gql.execution import Operation, execute
 from gql.feed import DATA_EPOCH
 from gql.logs import note, request_id
 from gql import stored as stored_entries

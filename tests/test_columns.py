@@ -78,3 +78,25 @@ def test_columns_must_have_one_length():
 
 def test_iterating_builds_rows():
     assert [p.label for p in ColumnarList(COLUMNS, make_point)] == ["a", "b", "c"]
+
+
+def test_columns_are_completed_without_building_a_row():
+    """The fast path is taken at all: if graphql-core stops calling the overridden methods (they are not
+    a public hook; see gql/columns.py), answers stay right but every row is built again. This catches it."""
+    built = []
+
+    def counting_point(date: str, close: float, label: str) -> Point:
+        built.append(date)
+        return make_point(date, close, label)
+
+    @strawberry.type
+    class Counting:
+        @strawberry.field
+        def points(self) -> list[Point]:
+            return ColumnarList(COLUMNS, counting_point)  # type: ignore[return-value]
+
+    result = strawberry.Schema(query=Counting, execution_context_class=ColumnarExecutionContext).execute_sync(
+        "{ points { date close label } }"
+    )
+    assert result.errors is None and len(result.data["points"]) == 3
+    assert built == []  # no row object was made: completed from the columns

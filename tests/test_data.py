@@ -15,16 +15,13 @@ from gql.data import (
     DataError,
     IndexHistory,
     IndexMeta,
-    PriceSource,
     PriceStore,
-    directory_signature,
     index_file,
-    load_directory,
-    load_store,
     make_closes,
     read_index_file,
     write_index_file,
 )
+from gql.sources import PriceSource, directory_signature, load_directory, load_store
 
 HEADER = '# {"code": "%s", "name": "Test index", "source": "handmade"}\n'
 

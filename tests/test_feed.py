@@ -16,7 +16,9 @@ import pytest
 from starlette.testclient import TestClient
 
 import gql.data
-from gql.data import IndexHistory, IndexMeta, PriceSource, make_closes, write_index_file
+import gql.sources
+from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
+from gql.sources import PriceSource
 from gql.feed import DataFeed
 from gql.versions import CODE_VERSION, code_version
 from gql.execution import Operation
@@ -209,13 +211,13 @@ def test_a_reload_reads_only_the_files_that_changed(data_dir, monkeypatch):
     source = PriceSource(data_dir)
     unchanged = source.store["BBB"]
     read: list[str] = []
-    original = gql.data._read_index_file
+    original = gql.sources.read_stamped
 
     def counting(path: Path):
         read.append(path.name)
         return original(path)
 
-    monkeypatch.setattr(gql.data, "_read_index_file", counting)
+    monkeypatch.setattr(gql.sources, "read_stamped", counting)
     write(data_dir, "AAA", 111.0)
     assert source.changed()
     store = source.reload()
