@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test schema bench clean
+.PHONY: run test lint schema bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m gql serve
 
-test: $(STAMP)
+test: lint
 	sh tests/ensure-chromium.sh
 	$(PY) -m pytest
+
+# ruff and mypy, configured in pyproject.toml; `make test` runs them first.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 schema: $(STAMP)
 	$(PY) -m gql export-schema --output schema.graphql

@@ -498,12 +498,12 @@ def _stampede(caching: str, servers: list[Server], dates: list[dt.date], total: 
     after = [_metrics(s.url) for s in servers]
 
     def delta(name: str, label: str = "") -> float:
-        return sum(_total(a, name, label) - _total(b, name, label) for a, b in zip(after, before))
+        return sum(_total(a, name, label) - _total(b, name, label) for a, b in zip(after, before, strict=False))
 
     answers: dict[int, set[str]] = {}
     statuses: Counter = Counter()
     errors = []
-    for (_, key), (seconds, ok, detail, status) in zip(plan, outcomes):
+    for (_, key), (_seconds, ok, detail, status) in zip(plan, outcomes, strict=False):
         if ok:
             answers.setdefault(key, set()).add(detail)
             statuses[status] += 1
@@ -536,7 +536,7 @@ async def _fire(urls: list[str], bodies: list[bytes], plan: list[tuple[int, int]
             digest = hashlib.sha256(json.dumps(answer["data"], sort_keys=True).encode()).hexdigest()
             status = "/".join(sorted({e["status"] for e in answer.get("extensions", {}).get("cache", [])})) or "-"
             return seconds, True, digest, status
-        except Exception as exc:  # counted, not fatal
+        except Exception as exc:  # noqa: BLE001  # any failure of a request is counted, not fatal
             return time.perf_counter() - began, False, repr(exc)[:200], ""
 
     try:
@@ -569,7 +569,7 @@ def _targets(down: DownResult) -> list[tuple[str, Phase, float]]:
     """(target, the phase it is judged on, limit in ms added to p99)."""
     refusing = max((down.phase("refusing-1s"), down.phase("refusing")), key=lambda p: p.p99_ms)
     return [
-        (f"Redis refusing connections adds < 5 ms p99 (worse of its two rows)", refusing, 5.0),
+        ("Redis refusing connections adds < 5 ms p99 (worse of its two rows)", refusing, 5.0),
         ("Redis frozen adds < 50 ms p99 once the breaker is open", down.phase("frozen"), 50.0),
     ]
 
@@ -583,38 +583,38 @@ def down_section(series: list[DownResult]) -> list[str]:
     lines = [
         "## Added latency while Redis refuses connections or is frozen",
         "",
-        "One service (`python -m gql serve`, one worker, defaults: GQL_REDIS_TIMEOUT 0.1 s, breaker after "
+        ("One service (`python -m gql serve`, one worker, defaults: GQL_REDIS_TIMEOUT 0.1 s, breaker after "
         "GQL_REDIS_BREAKER_FAILURES 3 failed calls, GQL_REDIS_RETRY_SECONDS 5 s) on a redis-server of its own. "
         f"Each phase POSTs {first.bodies} small cached queries in turn (`{SMALL}`, and with 3 `asOf` dates); steady "
         f"phases {first.duration:g} s. One series of phases per load, the same method in every phase of a series "
         f"({loads}). Refusing: redis-server killed (its port refuses connections), restarted (empty) afterwards; "
         "frozen: SIGSTOP (connections accepted, never answered), SIGCONT afterwards; each fault's first second is "
         "measured on its own. Failed: socket errors, timeouts, non-200 answers, answers without data or with GraphQL "
-        "errors.",
+        "errors."),
         "",
-        "With Redis healthy the service answers from its whole-response cache (A). While Redis is away (breaker "
+        ("With Redis healthy the service answers from its whole-response cache (A). While Redis is away (breaker "
         "open) it keeps whole responses in process memory instead, so a repeated query is answered from bytes again; "
         "a query it has not kept goes through the resolvers, in the server process, with the in-process field cache. "
         "B is that resolver path with a healthy Redis: a second service with GQL_RESPONSE_CACHE=false and "
-        "GQL_QUERY_PROCESSES=0. p99 − A is what a client sees when Redis goes away.",
+        "GQL_QUERY_PROCESSES=0. p99 − A is what a client sees when Redis goes away."),
         "",
-        "Reading the percentiles: wrk corrects for coordinated omission (`stats_correct`: a request that took longer "
+        ("Reading the percentiles: wrk corrects for coordinated omission (`stats_correct`: a request that took longer "
         "than the mean interval adds samples for the requests a steady client would have sent meanwhile), so a "
         "server-wide pause shows in its p99 as if traffic had kept arriving; with 8 connections one server process "
         "is also saturated (a closed loop), so its p99 is mostly queueing. The one-request-at-a-time series shows each "
-        "request's own time instead.",
+        "request's own time instead."),
         "",
-        "| load | phase | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | failed | p99 − A ms | p99 ÷ A "
-        "| p99 − B ms | p99 ÷ B |",
+        ("| load | phase | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | failed | p99 − A ms | p99 ÷ A "
+        "| p99 − B ms | p99 ÷ B |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for down in series:
         a, b = down.phase("A"), down.phase("B")
         for p in down.phases:
             vs_a, vs_b = _added(p, a), _added(p, b)
-            failed = f"{p.failed} ({p.failures})" if p.failed else "0"
+            failures = f"{p.failed} ({p.failures})" if p.failed else "0"
             lines.append(f"| {down.load} | {p.name} | {p.requests:,} | {p.rps:,.0f} | {_ms(p.p50_ms)} | {_ms(p.p90_ms)} "
-                         f"| {_ms(p.p99_ms)} | {_ms(p.max_ms)} | {failed} | {vs_a[0]} | {vs_a[1]} | {vs_b[0]} | {vs_b[1]} |")
+                         f"| {_ms(p.p99_ms)} | {_ms(p.max_ms)} | {failures} | {vs_a[0]} | {vs_a[1]} | {vs_b[0]} | {vs_b[1]} |")
     failed = sum(p.failed for d in series for p in d.phases)
     requests = sum(p.requests for d in series for p in d.phases)
     lines += ["", "Targets (the timing verdicts are informational: one run on a shared machine):", ""]
@@ -639,13 +639,13 @@ def down_section(series: list[DownResult]) -> list[str]:
         lines.append("")
     slowest = max(d.phase("frozen-1s").max_ms for d in series)
     lines += [
-        "(Back on Redis: until /healthz, polled every 20 ms, says `cache.state` \"ok\"; that is the rest of the "
-        "breaker's 5 s cool-down, so it depends on when the last probe failed, and is at most 5 s.)",
+        ("(Back on Redis: until /healthz, polled every 20 ms, says `cache.state` \"ok\"; that is the rest of the "
+        "breaker's 5 s cool-down, so it depends on when the last probe failed, and is at most 5 s.)"),
         "",
-        f"The frozen Redis's first second: its slowest request took {_ms(slowest)} ms. Timeouts open the breaker only "
+        (f"The frozen Redis's first second: its slowest request took {_ms(slowest)} ms. Timeouts open the breaker only "
         "once they have gone on for 5 x GQL_REDIS_TIMEOUT (0.5 s) with no success, so that a busy event loop does not "
         "open it on a healthy Redis; until then a request can wait for a few 0.1 s timeouts (the stored-response read, "
-        "the field lookup and its one retry).",
+        "the field lookup and its one retry)."),
         "",
     ]
     return lines
@@ -660,15 +660,15 @@ def stampede_section(runs: list[StampedeRun], delay: float) -> list[str]:
     lines = [
         "## Stampedes: cold requests on several servers sharing one Redis",
         "",
-        f"{servers} servers (one worker each, defaults) on one redis-server, one GQL_CACHE_PREFIX, each with "
+        (f"{servers} servers (one worker each, defaults) on one redis-server, one GQL_CACHE_PREFIX, each with "
         f"GQL_FAULT_COMPUTE_DELAY={delay:g} (every computation sleeps {delay:g} s first, so requests overlap). "
         "All requests of a run are sent at once, spread round-robin over the servers (each key reaches every server), "
         f"each key a `yieldThisYear(asOf: ...)` no earlier run asked for. Computations: the sum over the servers of "
         "`gql_computations_total` (after − before); leases: `gql_cache_leases_total`. Baseline: the same servers "
-        "with GQL_CACHE_ENABLED=false. Distinct answers: the most different `data` any key got (1 = all the same).",
+        "with GQL_CACHE_ENABLED=false. Distinct answers: the most different `data` any key got (1 = all the same)."),
         "",
-        "| caching | keys × requests each | requests | answered | errors | computations | leases acquired / waited "
-        "| cache statuses | distinct answers per key | p50 s | p99 s | max s | wall s |",
+        ("| caching | keys × requests each | requests | answered | errors | computations | leases acquired / waited "
+        "| cache statuses | distinct answers per key | p50 s | p99 s | max s | wall s |"),
         "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
@@ -681,10 +681,10 @@ def stampede_section(runs: list[StampedeRun], delay: float) -> list[str]:
         )
     lines += [
         "",
-        "With caching, each server runs its cold queries in its one query worker process (GQL_QUERY_PROCESSES=1), "
+        ("With caching, each server runs its cold queries in its one query worker process (GQL_QUERY_PROCESSES=1), "
         "one query at a time: a query waiting for another server's computation holds up the queries queued behind "
         "it, which is most of the latency of the many-keys run. Without a cache every request computes, in the "
-        "server's GQL_COMPUTE_THREADS=2 threads.",
+        "server's GQL_COMPUTE_THREADS=2 threads."),
         "",
         *[f"- {line}" for line in stampede_summary(runs)],
     ]
@@ -714,8 +714,8 @@ def logs_section(logs: dict[str, list[str]], per_server: int = 6) -> list[str]:
     noisy = {name: lines for name, lines in logs.items() if lines}
     if not noisy:
         return ["## Server logs (faults)", "", "No server logged anything at warning level or above.", ""]
-    lines = ["## Server logs (faults)", "", "What the servers logged (warning and above), first lines per server; "
-             "a server's query worker process logs to the same file:", "", "```"]
+    lines = ["## Server logs (faults)", "", ("What the servers logged (warning and above), first lines per server; "
+             "a server's query worker process logs to the same file:"), "", "```"]
     for name, logged in noisy.items():
         lines += [f"{name}: {len(logged)} lines"] + [f"  {line[:240]}" for line in logged[:per_server]]
     return lines + ["```", ""]
@@ -726,9 +726,9 @@ def summary(result: FaultsResult, link: str = "faults.md") -> list[str]:
     lines = [
         "## Redis faults and stampedes",
         "",
-        f"Method, every phase and the server logs: [{link}]({link}) (`python -m bench.faults`, {result.elapsed:.0f} s). "
+        (f"Method, every phase and the server logs: [{link}]({link}) (`python -m bench.faults`, {result.elapsed:.0f} s). "
         "A: Redis healthy, whole-response cache (defaults); B: Redis healthy, resolvers in the server (the path "
-        "that queries not kept in memory take while Redis is away).",
+        "that queries not kept in memory take while Redis is away)."),
         "",
         "| load | measurement | p99 ms | p99 − A ms | p99 − B ms | target | vs A | vs B |",
         "|---|---|---:|---:|---:|---|---|---|",
@@ -737,7 +737,7 @@ def summary(result: FaultsResult, link: str = "faults.md") -> list[str]:
         a, b = down.phase("A"), down.phase("B")
         lines.append(f"| {down.load} | A. Redis healthy, defaults | {_ms(a.p99_ms)} | - | - | | | |")
         lines.append(f"| {down.load} | B. Redis healthy, resolvers in the server | {_ms(b.p99_ms)} | - | - | | | |")
-        for target, phase, limit in _targets(down):
+        for _target, phase, limit in _targets(down):
             name = "Redis refusing connections (worse of first second, steady)" if limit == 5 else "Redis frozen, breaker open"
             lines.append(
                 f"| {down.load} | {name} | {_ms(phase.p99_ms)} | {_added(phase, a)[0]} | {_added(phase, b)[0]} "
@@ -765,9 +765,9 @@ def render(result: FaultsResult, command: str) -> str:
         "# Redis faults and cache stampedes",
         "",
         f"Machine: {report.machine()}.",
-        f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {result.elapsed:.0f} s in all. "
+        (f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {result.elapsed:.0f} s in all. "
         f"1-minute load average {result.load_before:.2f} before, {os.getloadavg()[0]:.2f} at the end (other work on the "
-        "machine skews results). Every comparison is with a baseline measured in the same run.",
+        "machine skews results). Every comparison is with a baseline measured in the same run."),
         "",
     ]
     sections = [down_section(result.down), stampede_section(result.stampedes, result.delay), logs_section(result.logs)]

@@ -76,7 +76,7 @@ class Poller:
                     self.seen.append(Seen(sent, received, None, body["extensions"]["dataVersion"]))
                 else:
                     self.seen.append(Seen(sent, received, body["process"], body["data"]["version"]))
-            except Exception:
+            except Exception:  # noqa: BLE001  # any failed poll is counted, not fatal
                 self.errors += 1
             stop.wait(pause)
 
@@ -117,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.pickup", description=__doc__.splitlines()[0])
     parser.add_argument("--imports", type=int, default=20, help="imports per mode (default 20)")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between imports (default 1.0)")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "pickup.md", help="report (default bench/results/pickup.md)")
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "bench" / "results" / "pickup.md", help="report (default bench/results/pickup.md)"
+    )
     return parser
 
 
@@ -132,9 +134,9 @@ def run(imports: int, every: float) -> list[ModeResult]:
 
 def _mode(mode: str, extra_env: dict[str, str], imports: int, every: float) -> ModeResult:
     from gql.data import write_index_file
-    from gql.sources import load_directory
     from gql.importer import import_csv
     from gql.sample import generate_sample
+    from gql.sources import load_directory
 
     workdir = Path(tempfile.mkdtemp(prefix="gql-pickup-"))
     data_dir, staging = workdir / "data", workdir / "staging"
@@ -217,12 +219,14 @@ def _analyse(mode: str, landed: list[Landed], pollers: list[Poller], processes: 
             continue
         last: dict[int, float] = {}
         for seen in poller.seen:
+            if seen.process is None:
+                continue  # only /readyz answers (never GraphQL ones) name the process
             if seen.process in last:
                 gaps.setdefault((poller.server, seen.process), []).append(seen.received - last[seen.process])
             last[seen.process] = seen.received
     for i, land in enumerate(landed):
         until = landed[i + 1].returned if i + 1 < len(landed) else float("inf")
-        for key in per_process:
+        for key in per_process:  # noqa: PLC0206  # the key is unpacked; the value is replaced below
             server, pid = key
             firsts = [seen.received for p in pollers if p.server == server and not p.graphql for seen in p.seen
                       if seen.process == pid and seen.version == land.version and land.returned <= seen.sent < until]
@@ -234,7 +238,7 @@ def _analyse(mode: str, landed: list[Landed], pollers: list[Poller], processes: 
                 per_process[key].append(max(0.0, min(times) - land.returned))
             else:
                 missed += 1
-        for server in stale_after:
+        for server in stale_after:  # noqa: PLC0206  # counted below from the pollers, not from the dict
             old = [seen.sent - land.returned for p in pollers if p.server == server and p.graphql for seen in p.seen
                    if land.returned <= seen.sent < until and seen.version in land.older]
             stale_after[server].append(max(old, default=0.0))
@@ -251,8 +255,8 @@ def render(results: list[ModeResult], command: str, elapsed: float) -> list[str]
         "# Data pickup delay",
         "",
         f"Machine: {report.machine()}.",
-        f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {elapsed:.0f} s in all, "
-        f"1-minute load average {os.getloadavg()[0]:.2f} at the end.",
+        (f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {elapsed:.0f} s in all, "
+        f"1-minute load average {os.getloadavg()[0]:.2f} at the end."),
         "",
         *section(results),
     ]
@@ -262,12 +266,12 @@ def section(results: list[ModeResult]) -> list[str]:
     lines = [
         "## Data pickup: from an import's return to the first answer of the new version",
         "",
-        "Server A (`--workers 2`) and server B (one worker) read one data directory; one index gains a trading day "
+        ("Server A (`--workers 2`) and server B (one worker) read one data directory; one index gains a trading day "
         "per import (`gql.importer.import_csv`). Per process: `/healthz` answers (they name the process) on fresh "
         "connections, about every 4 ms per poller, 3 pollers per server; the delay runs from the import's return "
         "to the first answer of the new version, measured to the poll that saw it (so it includes up to one poll "
         "interval: the resolution column). GraphQL: the latest request sent after an import's return that was "
-        "still answered from older data (`extensions.dataVersion`). Ratio: max / the 1 s bound.",
+        "still answered from older data (`extensions.dataVersion`). Ratio: max / the 1 s bound."),
         "",
         "| watcher | process | imports | p50 ms | p90 ms | max ms | max / 1 s |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -279,8 +283,8 @@ def section(results: list[ModeResult]) -> list[str]:
                          f"| {_ms(percentile(values, 0.9))} | {_ms(max(values))} | {max(values) / BOUND:.2f} |")
         lines.append(f"| {result.mode} | **all processes** | {len(every)} | **{_ms(median(every))}** "
                      f"| {_ms(percentile(every, 0.9))} | **{_ms(max(every))}** | {max(every) / BOUND:.2f} |")
-    lines += ["", "| watcher | server | latest old GraphQL answer after an import, max ms | resolution ms (median "
-              "gap between answers of one process) | requests | failed | (process, import) pairs not seen |",
+    lines += ["", ("| watcher | server | latest old GraphQL answer after an import, max ms | resolution ms (median "
+              "gap between answers of one process) | requests | failed | (process, import) pairs not seen |"),
               "|---|---|---:|---:|---:|---:|---:|"]
     for result in results:
         for server, values in sorted(result.stale_after.items()):

@@ -9,6 +9,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.load import WrkRun, median, percentile
 from bench.scaling import PartialHitRow, ScalingRow
@@ -46,13 +47,16 @@ class Cell:
 def machine() -> str:
     cpu = "unknown CPU"
     try:
-        found = re.search(r"^model name\s*:\s*(.+)$", open("/proc/cpuinfo", encoding="utf-8").read(), re.M)
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(encoding="utf-8"), re.M)
         cpu = found.group(1).strip() if found else platform.processor() or cpu
     except OSError:
         pass
     memory = ""
     try:
-        kib = int(re.search(r"^MemTotal:\s*(\d+)", open("/proc/meminfo", encoding="utf-8").read(), re.M).group(1))
+        found_memory = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(encoding="utf-8"), re.M)
+        if found_memory is None:
+            raise AttributeError("no MemTotal")
+        kib = int(found_memory.group(1))
         memory = f", {kib / 2**20:.0f} GiB RAM"
     except (OSError, AttributeError):
         pass
@@ -79,8 +83,8 @@ def throughput_section(cells: list[Cell], settings: str) -> list[str]:
         "",
         settings,
         "",
-        "| payload | variant | response bytes | cache | conns | requests | req/s | req/s range | p50 ms | p99 ms "
-        "| req/s ÷ ceiling | req/s ÷ Flask | p99 ÷ ceiling | p99 ÷ Flask |",
+        ("| payload | variant | response bytes | cache | conns | requests | req/s | req/s range | p50 ms | p99 ms "
+        "| req/s ÷ ceiling | req/s ÷ Flask | p99 ÷ ceiling | p99 ÷ Flask |"),
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for payload in dict.fromkeys(c.payload for c in cells):
@@ -102,8 +106,8 @@ def cold_hit_section(rows: list[dict]) -> list[str]:
     lines = [
         "## Cold and hit over HTTP (variant 5, sequential requests)",
         "",
-        "Cold: distinct `end`/`asOf` per request, so each is a real miss (pandas work and a Redis write). "
-        "Baseline: `GET /healthz` of the same server (one Redis PING, no GraphQL).",
+        ("Cold: distinct `end`/`asOf` per request, so each is a real miss (pandas work and a Redis write). "
+        "Baseline: `GET /healthz` of the same server (one Redis PING, no GraphQL)."),
         "",
         "| request | response bytes | cold p50 ms | cold max ms | hit p50 ms | hit p99 ms | hit/cold (p50) | hit/baseline (p50) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -130,8 +134,9 @@ def loaded_section(result: dict, cold_clients: int, seconds: float) -> list[str]
     lines = [
         "## Hit latency during cold computations (variant 5)",
         "",
-        f"Sequential `yieldThisYear` hits for {seconds:g} s at rest, then for {seconds:g} s while {cold_clients} client "
-        "processes (each its own interpreter, so none shares the sampler's GIL) loop over `indexChart(end: <distinct date>, frequency: DAILY)` queries that miss the cache.",
+        (f"Sequential `yieldThisYear` hits for {seconds:g} s at rest, then for {seconds:g} s while {cold_clients} client "
+        "processes (each its own interpreter, so none shares the sampler's GIL) loop over "
+        "`indexChart(end: <distinct date>, frequency: DAILY)` queries that miss the cache."),
         "",
         "| condition | requests | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|",
@@ -153,8 +158,8 @@ def scaling_section(rows: list[ScalingRow], runs: int) -> list[str]:
     lines = [
         "## Cold computation scaling (in process)",
         "",
-        f"`gql.analytics.index_chart(store, all codes, whole range, DAILY)` on synthetic stores of 5,040 trading days "
-        f"per index; median of {runs} runs. Pandas/numpy only: no cache, no GraphQL, no HTTP.",
+        (f"`gql.analytics.index_chart(store, all codes, whole range, DAILY)` on synthetic stores of 5,040 trading days "
+        f"per index; median of {runs} runs. Pandas/numpy only: no cache, no GraphQL, no HTTP."),
         "",
         "| indexes | points | time per computation ms | time per point µs | per point vs smallest |",
         "|---:|---:|---:|---:|---:|",
@@ -172,9 +177,9 @@ def partial_hits_section(rows: list[PartialHitRow], runs: int) -> list[str]:
     lines = [
         "## Partial hits: chart variants from the cached daily series (in process)",
         "",
-        "10 indexes x 5,040 trading days. From prices: the memoized daily series of each index is dropped first, "
+        ("10 indexes x 5,040 trading days. From prices: the memoized daily series of each index is dropped first, "
         f"so it is built from the prices (dates formatted, logs taken) and then sliced. From the cached series: the "
-        f"same call again, slicing and resampling the memoized series. Median of {runs} runs.",
+        f"same call again, slicing and resampling the memoized series. Median of {runs} runs."),
         "",
         "| variant | from prices ms | from cached series ms | speed-up |",
         "|---|---:|---:|---:|",
@@ -201,9 +206,9 @@ def render(sections: list[list[str]], command: str, elapsed: float, load: tuple[
         "# Benchmark: the cached GraphQL service against its ceiling and the Flask original",
         "",
         f"Machine: {machine()}.",
-        f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {elapsed:.0f} s in all. "
+        (f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {elapsed:.0f} s in all. "
         f"1-minute load average {load[0]:.2f} before, {load[1]:.2f} at the end of the HTTP measurements "
-        "(other work on the machine skews results; on a 2-core machine the bench itself uses most of it).",
+        "(other work on the machine skews results; on a 2-core machine the bench itself uses most of it)."),
         "",
     ]
     return "\n".join(head + [line for section in sections for line in section])

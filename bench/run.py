@@ -25,12 +25,12 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
 import sys
 import tempfile
-import multiprocessing
 import time
 import uuid
 from collections import Counter
@@ -285,7 +285,10 @@ def cold_vs_hit(url: str, last: dt.date, args) -> list[dict]:
 
 def _cold_loader(url: str, last: dt.date, first_offset: int, stride: int, stop, results) -> None:
     """In its own process (so its work never shares the sampler's GIL): cold chart queries until told to stop."""
-    colds, statuses, errors, k = [], Counter(), [], first_offset
+    colds: list[float] = []
+    statuses: Counter[str] = Counter()
+    errors: list[str] = []
+    k = first_offset
     with httpx2.Client(base_url=url, timeout=600) as client:
         while not stop.is_set():
             day = last - dt.timedelta(days=k)
@@ -296,7 +299,7 @@ def _cold_loader(url: str, last: dt.date, first_offset: int, stride: int, stop, 
                 tail = response.content[-300:]
                 statuses["MISS" if b'"status":"MISS"' in tail else "other"] += 1
                 colds.append(seconds)
-            except Exception as exc:  # reported, not fatal: the section says how many ran
+            except Exception as exc:  # noqa: BLE001  # reported, not fatal: the section says how many ran
                 errors.append(repr(exc))
                 break
     results.put((colds, dict(statuses), errors))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-import datetime as dt
 
 from gql import analytics
 from gql.analytics import Frequency, index_chart

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -88,7 +89,7 @@ def wait_until(check: Callable[[], bool], what: str, seconds: float = 60, proc: 
         try:
             if check():
                 return
-        except Exception:
+        except Exception:  # noqa: BLE001  # not up yet, whatever the reason: look again
             pass
         time.sleep(0.05)
     raise SystemExit(f"{what} did not come up within {seconds:.0f} s")
@@ -142,7 +143,7 @@ def started_all(variants: list[Variant], workdir: Path) -> Iterator[list[Server]
             running.append((variant, proc, port, log_path))
         for variant, proc, port, log_path in running:
             try:
-                wait_until(lambda: _listening(port), f"variant {variant.key}", proc=proc)
+                wait_until(functools.partial(_listening, port), f"variant {variant.key}", proc=proc)
             except SystemExit:
                 print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
                 raise

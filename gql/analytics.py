@@ -9,7 +9,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -111,6 +111,7 @@ def series_chart(closes: pd.Series, start: dt.date, end: dt.date, frequency: Fre
     days = whole.days[lo:hi]
     daily = whole.closes[lo:hi]
 
+    keep: slice | np.ndarray
     if frequency is Frequency.DAILY:
         keep = slice(None)
     else:
@@ -182,14 +183,14 @@ def year_to_date(closes: pd.Series, as_of: dt.date) -> dict:
 
 def index_chart(store: PriceStore, codes: Sequence[str], start: dt.date, end: dt.date, frequency: Frequency) -> Chart:
     """The chart of several indexes over one range, in the order of `codes`."""
-    series = []
+    series: list[SeriesChart] = []
     for code in codes:
         history = store[code]
         try:
             chart = series_chart(history.closes, start, end, frequency)
         except NoDataError as exc:
             raise NoDataError(f"index {code}: {exc}") from None
-        series.append({"code": code, "name": history.meta.name, **chart})
+        series.append(cast(SeriesChart, {"code": code, "name": history.meta.name, **chart}))
     return {"frequency": frequency.value, "start": start.isoformat(), "end": end.isoformat(), "series": series}
 
 
@@ -199,12 +200,12 @@ def yields_this_year(store: PriceStore, codes: Sequence[str], as_of: dt.date) ->
     An index whose data ends before `as_of` (a stale import next to fresher ones) is measured at its
     own last close, so one stale file does not make the whole table unanswerable; its `last_date` shows it.
     """
-    rows = []
+    rows: list[YearToDate] = []
     for code in codes:
         history = store[code]
         try:
             ytd = year_to_date(history.closes, min(as_of, history.last_date))
         except NoDataError as exc:
             raise NoDataError(f"index {code}: {exc}") from None
-        rows.append({"code": code, "name": history.meta.name, **ytd})
+        rows.append(cast(YearToDate, {"code": code, "name": history.meta.name, **ytd}))
     return rows

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
 from gql import __version__
@@ -43,14 +44,15 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-class _GraphQLApp(GraphQL):
+class _GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI app, for what the response layer does not answer itself (mutations, batches, GraphiQL)."""
 
     def __init__(self, service: Service, **kwargs: object) -> None:
         super().__init__(build_schema(service.settings), **kwargs)  # type: ignore[arg-type]
         self.service = service
 
-    async def get_context(self, request: Request, response: Response | None = None) -> Context:
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        assert isinstance(request, Request), "GraphQL over WebSocket is not served"
         return Context(request=request, service=self.service, snapshot=await self.service.snapshot())
 
     def encode_json(self, data: object) -> bytes:

@@ -77,8 +77,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from gql.data import DataError
-    from gql.sources import load_store
     from gql.logs import logging_config
+    from gql.sources import load_store
 
     host = args.host or settings.host
     port = args.port or settings.port
@@ -177,7 +177,7 @@ async def _warm_async(settings: Settings) -> int:
             print(_no_effect(redis_at), file=sys.stderr)
             return 1
         unstored = []
-        for target, ms in zip(targets, durations):
+        for target, ms in zip(targets, durations, strict=True):
             namespace = namespaces[target]
             if not computed.get(namespace):
                 done = "already cached, nothing to do"

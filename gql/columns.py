@@ -17,7 +17,7 @@ methods fails there instead of silently slowing charts down.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -47,8 +47,8 @@ class ColumnarList:
 
     def __iter__(self) -> Iterator[Any]:
         names = list(self.columns)
-        for row in zip(*self.columns.values()):
-            yield self.make_row(**dict(zip(names, row)))
+        for row in zip(*self.columns.values(), strict=True):
+            yield self.make_row(**dict(zip(names, row, strict=True)))
 
 
 class ColumnarExecutionContext(StrawberryGraphQLCoreExecutionContext):
@@ -62,7 +62,8 @@ class ColumnarExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def _complete_columns(self, return_type: GraphQLList, field_details_list, result: ColumnarList) -> list | None:
         item_type = get_nullable_type(return_type.of_type)
         grouped = self.collect_subfields(item_type, field_details_list).grouped_field_set
-        keys, columns = [], []
+        keys: list[str] = []
+        columns: list[Iterable[Any]] = []
         for key, details in grouped.items():
             name = details[0].node.name.value
             if name == "__typename":
@@ -72,4 +73,4 @@ class ColumnarExecutionContext(StrawberryGraphQLCoreExecutionContext):
             else:
                 return None  # a field that is not a column: let graphql-core do it the usual way
             keys.append(key)
-        return [dict(zip(keys, row)) for row in zip(*columns)]
+        return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]

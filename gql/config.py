@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gql.schedule import parse_time_of_day
@@ -97,13 +98,13 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for field in fields(cls):
             name = _ENV_NAMES.get(field.name, "GQL_" + field.name.upper())
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 continue
-            values[field.name] = _parse(name, raw.strip(), field.type)
+            values[field.name] = _parse(name, raw.strip(), str(field.type))  # a string: annotations are postponed
         if "admin_token" not in values and values.get("admin_token_file") is not None:
             values["admin_token"] = _read_token_file(values["admin_token_file"])
         settings = cls(**values)
@@ -133,7 +134,10 @@ class Settings:
             (self.redis_write_timeout > 0, "GQL_REDIS_WRITE_TIMEOUT must be a positive number of seconds"),
             (self.redis_breaker_failures >= 1, "GQL_REDIS_BREAKER_FAILURES must be at least 1"),
             (self.redis_retry_seconds >= 0, "GQL_REDIS_RETRY_SECONDS must be >= 0"),
-            (self.cache_stale_seconds is None or self.cache_stale_seconds >= 0, "GQL_CACHE_STALE_SECONDS must be >= 0 (0: no stale answers)"),
+            (
+                self.cache_stale_seconds is None or self.cache_stale_seconds >= 0,
+                "GQL_CACHE_STALE_SECONDS must be >= 0 (0: no stale answers)",
+            ),
             (self.cache_fail_safe_seconds >= 0, "GQL_CACHE_FAIL_SAFE_SECONDS must be >= 0 (0: no fail-safe)"),
             (self.cache_fail_safe_retry_seconds >= 0, "GQL_CACHE_FAIL_SAFE_RETRY_SECONDS must be >= 0"),
             (self.cache_lease_seconds >= 0.1, "GQL_CACHE_LEASE_SECONDS must be at least 0.1"),
@@ -210,7 +214,10 @@ def _parse(name: str, raw: str, kind: str) -> object:
         if kind == "Path | None":
             return Path(raw).expanduser()
     except ValueError:
-        allowed = {"int": "a whole number", "float": "a finite number", "float | None": "a finite number", "bool": "true/false, yes/no, on/off or 1/0"}[kind]
+        allowed = {
+            "int": "a whole number", "float": "a finite number", "float | None": "a finite number",
+            "bool": "true/false, yes/no, on/off or 1/0",
+        }[kind]
         raise ConfigError(f"{name}={raw!r} is not valid: expected {allowed}") from None
     return raw
 

@@ -134,7 +134,7 @@ def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
     )
     dates = history.closes.index.strftime("%Y-%m-%d")
     lines = [f"# {header}", "date,close"]
-    lines += [f"{d},{c!r}" for d, c in zip(dates, history.closes.to_numpy(dtype="float64").tolist())]
+    lines += [f"{d},{c!r}" for d, c in zip(dates, history.closes.to_numpy(dtype="float64").tolist(), strict=True)]
     fd, tmp = tempfile.mkstemp(prefix=f".{history.meta.code}.", suffix=".tmp", dir=data_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:

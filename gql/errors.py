@@ -97,9 +97,9 @@ class _CodingContext:
 def coded_rule(rule: type[ASTValidationRule], code: str) -> type[ASTValidationRule]:
     """`rule`, with `code` on every error it reports (also those reported through `context.report_error`)."""
 
-    class Coded(rule):  # type: ignore[valid-type, misc]
+    class Coded(rule):  # type: ignore[valid-type, misc]  # a class made from a variable base
         def __init__(self, context: ValidationContext) -> None:
-            super().__init__(_CodingContext(context, code))  # type: ignore[arg-type]
+            super().__init__(_CodingContext(context, code))
 
     Coded.__name__ = Coded.__qualname__ = f"Coded{rule.__name__}"
     return Coded
@@ -153,7 +153,7 @@ class ErrorPolicy(SchemaExtension):
         yield
         result = self.execution_context.result
         errors = getattr(result, "errors", None)
-        if not errors:
+        if result is None or not errors:
             return
         processed = []
         for error in errors:
@@ -179,8 +179,8 @@ class ErrorPolicy(SchemaExtension):
         """Say which values are allowed when a variable holds an unknown enum value."""
         named = variable.type
         while not hasattr(named, "name"):
-            named = named.type  # type: ignore[attr-defined]
-        enum_type = self.execution_context.schema.get_type_by_name(named.name.value)  # type: ignore[attr-defined]
+            named = named.type  # type: ignore[attr-defined]  # a list or non-null wrapper
+        enum_type = self.execution_context.schema.get_type_by_name(named.name.value)
         values = getattr(enum_type, "values", None)
         value = (self.execution_context.variables or {}).get(variable.variable.name.value)
         if values and isinstance(value, str) and value not in {v.name for v in values}:

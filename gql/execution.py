@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import strawberry
+from strawberry.schema.base import BaseSchema
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -40,7 +40,7 @@ class Answer:
         return self.prefix + self.tail
 
 
-async def execute(schema: strawberry.Schema, service: Service, operation: Operation, snapshot: PriceStore) -> Answer:
+async def execute(schema: BaseSchema, service: Service, operation: Operation, snapshot: PriceStore) -> Answer:
     """Answer a query (never a mutation) from `snapshot`."""
     result = await schema.execute(
         operation.query,

@@ -116,7 +116,7 @@ class DataFeed:
                     await self.sync()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  # the watcher must outlive any failure, and says so once
                 if not failing:
                     log.warning("watching %s for data changes failed (%s); trying again every second, and "
                                 "refreshCache still loads what is there", data_dir, exc)

@@ -8,17 +8,17 @@ from typing import Any
 from graphql import (
     ExecutionResult,
     FieldNode,
-    GraphQLError,
-    GraphQLSyntaxError,
-    Lexer,
-    Source,
-    TokenKind,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSyntaxError,
     InlineFragmentNode,
+    Lexer,
     ListValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    Source,
+    TokenKind,
     VariableNode,
 )
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
@@ -108,7 +108,7 @@ class TokenLimit(MaxTokensLimiter):
 
 def _stopped_at_limit(query: str, error: GraphQLError, max_tokens: int) -> bool:
     """Whether the parser stopped at the token past the limit (rather than at a syntax error before it)."""
-    position = error.positions[0] if error.positions else len(query)
+    position = next(iter(error.positions)) if error.positions else len(query)
     lexer, count = Lexer(Source(query)), 0
     try:
         token = lexer.advance()  # comments are skipped, as the parser's count skips them

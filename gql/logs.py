@@ -9,6 +9,8 @@ import logging
 import logging.config
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # "-" outside a request (startup, background work).
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -41,7 +43,7 @@ def note(**fields: object) -> None:
         summary.update(fields)
 
 
-def log_request(scope: dict, summary: dict, seconds: float) -> None:
+def log_request(scope: Mapping[str, Any], summary: dict[str, Any], seconds: float) -> None:
     fields = {
         "method": scope.get("method"),
         "path": scope.get("path"),

@@ -24,12 +24,13 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-import strawberry
 from graphql import FieldNode, GraphQLError, OperationDefinitionNode, OperationType, parse, print_ast
 from graphql.language import Visitor, visit
 from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.schema.base import BaseSchema
 
 from gql import metrics
+from gql import stored as stored_entries
 from gql.apq import resolve_persisted_query
 from gql.asgi import (
     BadRequest,
@@ -48,7 +49,6 @@ from gql.data import PriceStore
 from gql.execution import Operation, execute
 from gql.feed import DATA_EPOCH
 from gql.logs import note, request_id
-from gql import stored as stored_entries
 from gql.lru import LRU
 from gql.schema.types import CACHED_FIELDS
 from gql.service import Service
@@ -157,7 +157,7 @@ class ResponseCacheApp:
     """Wraps the GraphQL ASGI app: answers cacheable queries itself (from stored bytes, or by executing
     them here or in a query worker) and stores what it can; everything else goes to the GraphQL app."""
 
-    def __init__(self, app: ASGIApp, schema: strawberry.Schema, service: Service, *, workers: QueryWorkers | None = None) -> None:
+    def __init__(self, app: ASGIApp, schema: BaseSchema, service: Service, *, workers: QueryWorkers | None = None) -> None:
         settings = service.settings
         self.app = app
         self.schema = schema

@@ -49,7 +49,7 @@ async def run_daily(
     at: dt.time,
     zone: ZoneInfo,
     job: Callable[[dt.datetime], Awaitable[None]],
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> None:
     """Call `job(slot)` at `at` on every trading day until cancelled; a failing job is logged and retried next day."""
     while True:

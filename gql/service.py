@@ -75,7 +75,7 @@ class Service:
         # Recomputations and stores under way get a moment to finish; close() cancels the rest.
         try:
             await asyncio.wait_for(self.cache.drain(), timeout=2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await self.cache.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -103,7 +103,7 @@ class Service:
         if not settings.ttl_until_publication:
             return fixed
         return seconds_until_publication(
-            dt.datetime.now(dt.timezone.utc), parse_time_of_day(settings.publication_time), ZoneInfo(settings.timezone)
+            dt.datetime.now(dt.UTC), parse_time_of_day(settings.publication_time), ZoneInfo(settings.timezone)
         )
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -24,6 +24,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+
 from gql import metrics
 from gql import stored as stored_entries
 from gql.cache import ResultCache

@@ -154,4 +154,4 @@ def test_refresh_targets_are_the_schema_targets():
     from gql.cli import TARGETS
     from gql.schema.types import CacheTarget
 
-    assert TARGETS == tuple(t.value for t in CacheTarget)
+    assert tuple(t.value for t in CacheTarget) == TARGETS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 import strawberry
@@ -21,7 +22,7 @@ class Point:
         return self.close * 2
 
 
-COLUMNS = {"date": ["2024-01-02", "2024-01-03", "2024-01-04"], "close": [1.5, 2.25, -3.0], "label": ["a", "b", "c"]}
+COLUMNS: dict[str, list[Any]] = {"date": ["2024-01-02", "2024-01-03", "2024-01-04"], "close": [1.5, 2.25, -3.0], "label": ["a", "b", "c"]}
 
 
 def make_point(date: str, close: float, label: str) -> Point:

@@ -113,10 +113,7 @@ def _states_in(body: dict) -> dict[str, set[str]]:
     seen: dict[str, set[str]] = {}
     data = body.get("data") or {}
     for name, value in data.items():
-        if name == "indexes":
-            for row in value:
-                seen.setdefault(row["code"], set()).add(row["lastDate"])
-        elif isinstance(value, list):  # yields
+        if name == "indexes" or isinstance(value, list):
             for row in value:
                 seen.setdefault(row["code"], set()).add(row["lastDate"])
         elif isinstance(value, dict):  # a chart

@@ -18,10 +18,10 @@ from starlette.testclient import TestClient
 import gql.data
 import gql.sources
 from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
-from gql.sources import PriceSource
-from gql.feed import DataFeed
-from gql.versions import CODE_VERSION, code_version
 from gql.execution import Operation
+from gql.feed import DataFeed
+from gql.sources import PriceSource
+from gql.versions import CODE_VERSION, code_version
 from gql.workers import Job, QueryWorkers
 from tests.support.http import ADMIN, data_version_of, statuses
 from tests.support.servers import running_server

@@ -225,7 +225,7 @@ BAD_FILES = [
     ("\n\n", 1, "the file is empty"),
     ("Date,Close\n", 1, "header but no rows"),
     ("Date,Close\n\n\n", 1, "header but no rows"),
-    ("Date,Close\n2024-01-02,10\n".encode("utf-8") + b"2024-01-03,\xff\xfe\xff\n", 3, "not UTF-8"),
+    (b"Date,Close\n2024-01-02,10\n" + b"2024-01-03,\xff\xfe\xff\n", 3, "not UTF-8"),
 ]
 
 

@@ -72,7 +72,7 @@ def test_codes_per_field(make_client, via_variable):
     def payload(codes: list[str]) -> dict:
         if via_variable:
             return {"query": "query($c: [String!]) { yieldThisYear(codes: $c) { code } }", "variables": {"c": codes}}
-        return {"query": "{ yieldThisYear(codes: [%s]) { code } }" % ", ".join(f'"{c}"' for c in codes)}
+        return {"query": "{{ yieldThisYear(codes: [{}]) {{ code }} }}".format(", ".join(f'"{c}"' for c in codes))}
 
     body = accepted(client.post("/graphql", json=payload(CODES[:5])))
     assert [row["code"] for row in body["data"]["yieldThisYear"]] == CODES[:5]

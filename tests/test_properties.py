@@ -106,7 +106,8 @@ class _RecordingService(Service):
     """The real Service with a recording cache in place of ResultCache."""
 
     def __init__(self, compute: bool) -> None:
-        super().__init__(Settings(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=_RecordingCache())  # type: ignore[arg-type]
+        self.recording = _RecordingCache()
+        super().__init__(Settings(chart_ttl=60.0, yield_ttl=60.0, max_codes=100), cache=self.recording)  # type: ignore[arg-type]
         self._computing = compute
 
     async def compute(self, fn, *args):
@@ -131,7 +132,7 @@ def chart_outcome(
         result = asyncio.run(backend.chart(resolved, lo, hi, analytics.Frequency[frequency.value], STORE))
     except UserInputError as exc:
         return ("error", exc.message)
-    [(namespace, parts)] = backend.cache.calls
+    [(namespace, parts)] = backend.recording.calls
     assert namespace == CHART_NAMESPACE
     return ("key", cache_key(PREFIX, namespace, parts), result.value)
 
@@ -145,7 +146,7 @@ def yield_outcome(codes: Sequence[str] | None, as_of: dt.date | None, compute: b
         result = asyncio.run(backend.yields(resolved, date, STORE))
     except UserInputError as exc:
         return ("error", exc.message)
-    [(namespace, parts)] = backend.cache.calls
+    [(namespace, parts)] = backend.recording.calls
     assert namespace == YIELD_NAMESPACE
     return ("key", cache_key(PREFIX, namespace, parts), result.value)
 

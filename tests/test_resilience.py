@@ -82,7 +82,7 @@ def burst(calls: list[tuple[str, str, dict]], delays: list[float] | None = None)
                 await asyncio.sleep(delay)
                 return await client.post(f"{base}/graphql", json={"query": query}, headers=headers)
 
-            return await asyncio.gather(*[one(*call, delay) for call, delay in zip(calls, delays or [0.0] * len(calls))])
+            return await asyncio.gather(*[one(*call, delay) for call, delay in zip(calls, delays or [0.0] * len(calls), strict=False)])
 
     return asyncio.run(run())
 
@@ -144,7 +144,7 @@ def test_a_cold_stampede_on_four_servers_computes_each_key_once(redis_server, tm
         responses = burst(calls)
 
         bodies: dict[str, list[dict]] = {YIELD: [], YIELD_HSI: []}
-        for (_, query, _), response in zip(calls, responses):
+        for (_, query, _), response in zip(calls, responses, strict=False):
             body = answered(response)
             assert statuses(body) in (["MISS"], ["HIT"]), body["extensions"]
             bodies[query].append(body)
@@ -356,7 +356,7 @@ class Load:
                         problem = f"asOf {date}: {str(body)[:300]}"
                     else:
                         problem = None
-                except Exception as exc:  # a timeout, a reset connection: all failures of the service
+                except Exception as exc:  # noqa: BLE001  # a timeout, a reset connection: all failures of the service
                     problem = f"asOf {date}: {exc!r}"
                 self.results.append((phase, problem))
 
@@ -390,7 +390,7 @@ class Watch:
             try:
                 breaker = metric(self.base, "gql_cache_breaker_state")
                 health = httpx2.get(f"{self.base}/healthz", timeout=10).json()["cache"]["state"]
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  # any failure to answer is what is sampled
                 health, breaker = f"unanswered: {exc!r}", -1.0
             self.samples.append((phase, breaker, health))
             time.sleep(0.1)

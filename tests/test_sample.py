@@ -38,8 +38,10 @@ def test_two_calls_give_identical_histories():
 
 def test_another_process_generates_the_same_sample():
     # A fresh interpreter has a different str-hash salt, so this catches seeds taken from hash().
-    script = "from gql.data import PriceStore; from gql.sample import generate_sample; " \
-             "print(PriceStore(generate_sample()).version)"
+    script = (
+        "from gql.data import PriceStore; from gql.sample import generate_sample; "
+        "print(PriceStore(generate_sample()).version)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONHASHSEED": "random"},

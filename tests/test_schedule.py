@@ -17,8 +17,8 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 AT = dt.time(15, 30)
 
 
-def shanghai(*args) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=SHANGHAI)
+def shanghai(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=SHANGHAI)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,7 @@ def shanghai(*args) -> dt.datetime:
         (shanghai(2026, 11, 20, 16, 0), shanghai(2026, 11, 23, 15, 30)),  # Friday evening: Monday
         (shanghai(2026, 11, 21, 9, 0), shanghai(2026, 11, 23, 15, 30)),  # Saturday: Monday
         # 2026-11-18 07:00 UTC is 15:00 in Shanghai: half an hour before the publication.
-        (dt.datetime(2026, 11, 18, 7, 0, tzinfo=dt.timezone.utc), shanghai(2026, 11, 18, 15, 30)),
+        (dt.datetime(2026, 11, 18, 7, 0, tzinfo=dt.UTC), shanghai(2026, 11, 18, 15, 30)),
     ],
 )
 def test_next_publication(now, expected):
@@ -58,7 +58,7 @@ def test_results_live_until_the_next_publication_when_configured():
     fixed = Service(Settings())
     assert fixed.ttl(3600) == 3600
     daily = Service(Settings(ttl_until_publication=True))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     expected = (next_publication(now, AT, SHANGHAI) - now).total_seconds()
     assert daily.ttl(3600) == pytest.approx(max(60, expected), abs=2)
 

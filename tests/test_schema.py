@@ -52,9 +52,9 @@ def test_contract_fields_and_arguments():
 def test_lookalike_letters_are_not_index_codes():
     import pytest
 
-    from gql.sources import load_store
     from gql.errors import UserInputError
     from gql.schema.arguments import resolve_codes
+    from gql.sources import load_store
 
     store = load_store(None)
     assert resolve_codes(store, [" hsi "]) == ("HSI",)

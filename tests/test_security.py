@@ -95,7 +95,7 @@ def test_too_many_codes_is_refused_before_work(settings, redis_server, via_varia
         if via_variable:
             payload = {"query": "query($c: [String!]) { yieldThisYear(codes: $c) { code } }", "variables": {"c": codes}}
         else:
-            payload = {"query": "{ yieldThisYear(codes: [%s]) { code } }" % ", ".join(f'"{c}"' for c in codes)}
+            payload = {"query": "{{ yieldThisYear(codes: [{}]) {{ code }} }}".format(", ".join(f'"{c}"' for c in codes))}
         error = error_of(client.post("/graphql", json=payload))
         assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX" and "8 codes" in error["message"]
         assert computations(client) == 0

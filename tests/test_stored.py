@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gql.cache import ResultCache
+from gql.cache import CacheStatus, ResultCache
 from gql.config import Settings
-from gql.cache import CacheStatus
 from gql.schema.report import FieldReport, storable
 from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, deflate_open, gzip_body, write
 

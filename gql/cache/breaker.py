@@ -58,11 +58,11 @@ class CircuitBreaker:
         if self._consecutive == 0:
             self._streak_began = now
         self._consecutive += 1
-        if self.state is BreakerState.HALF_OPEN:
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED and self._consecutive >= self.failures
+            and (not timed_out or now - self._streak_began >= self.slow_span)
+        ):
             self._open(now)
-        elif self.state is BreakerState.CLOSED and self._consecutive >= self.failures:
-            if not timed_out or now - self._streak_began >= self.slow_span:
-                self._open(now)
 
     def _open(self, now: float) -> None:
         self._open_until = now + self.cooldown

@@ -45,7 +45,7 @@ class Notifications:
         """The outcome the waiter gets within `within` seconds; None if none came (or no subscription yet)."""
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout=within)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     def bound(self, remaining_ms: int) -> float:

@@ -33,7 +33,8 @@ class RawStore:
             raw = await self._link.call(self._link.reader.mget, *[self.keys.generation(n) for n in namespaces], *keys)
         except Unavailable:
             return None
-        generations = {n: int(g or 0) for n, g in zip(namespaces, raw)}
+        # raw holds the generations first, then the values: zip stops at the namespaces.
+        generations = {n: int(g or 0) for n, g in zip(namespaces, raw, strict=False)}
         return generations, list(raw[len(namespaces):])
 
     async def read_bulk(self, keys: Sequence[str]) -> list[bytes | None] | None:

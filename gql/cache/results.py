@@ -224,7 +224,8 @@ class ResultCache:
             waiter = self._notify.wait_for(topic)  # before trying: an end announced in between is not missed
             try:
                 # SET NX answers None (not False) when the key exists.
-                held = bool(await self.link.call(self.link.reader.set, lease, token, nx=True, px=milliseconds(self.settings.cache_lease_seconds)))
+                lease_ms = milliseconds(self.settings.cache_lease_seconds)
+                held = bool(await self.link.call(self.link.reader.set, lease, token, nx=True, px=lease_ms))
             except Unavailable:
                 held = None
             if held is False and await self._await_release(lease, topic, waiter):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from gql.cache import ResultCache
-from gql.clock import Clock
+from gql.clock import SYSTEM_CLOCK, Clock
 from gql.config import Settings
 
 
@@ -45,7 +45,7 @@ class CacheFactory:
             cache_early_refresh=0.0,
         )
         settings.update(changes)
-        return self._keep(ResultCache(Settings(**settings), **({"clock": clock} if clock is not None else {})))
+        return self._keep(ResultCache(Settings(**settings), clock if clock is not None else SYSTEM_CLOCK))
 
     def twin(self, cache: ResultCache, **changes: Any) -> ResultCache:
         return self._keep(ResultCache(replace(cache.settings, **changes), cache.clock))
