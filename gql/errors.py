@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from graphql import (
     ASTValidationRule,
     EnumValueNode,
@@ -26,11 +27,14 @@ from graphql import (
     VariablesInAllowedPositionRule,
     get_named_type,
 )
+from graphql.pyutils import inspect
 from strawberry.extensions import SchemaExtension
 
 from gql.logs import request_id
 
 BAD_USER_INPUT = "BAD_USER_INPUT"
+# A request no GraphQL server could read (gql/protocol.py has the other HTTP-level codes).
+BAD_REQUEST = "BAD_REQUEST"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
 QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
@@ -39,6 +43,21 @@ VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 INTERNAL = "INTERNAL_SERVER_ERROR"
 # A computation failed and no earlier result could stand in (docs/caching.md, "Fail-safe").
 COMPUTATION_FAILED = "COMPUTATION_FAILED"
+
+
+# What a message echoes of the client's input is cut to this many characters.
+ECHO_LIMIT = 60
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A value of the client's as a message shows it: JSON (a number unquoted, an object as JSON), cut to `limit`."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class ApiError(GraphQLError):
@@ -129,6 +148,18 @@ def _name_allowed_literals(error: GraphQLError, context: ValidationContext) -> N
             error.message = f"{error.message.rstrip('.')}; {allowed}"
 
 
+def _show_as_json(error: GraphQLError, value: object) -> None:
+    """graphql-core shows a variable's wrong value as Python writes it ({'a': 1}, True); show it as the JSON sent."""
+    parts = [value]
+    for part in parts:  # the value, then what it holds, widest first
+        if isinstance(part, (dict, list, bool)) or part is None:
+            written = inspect(part)
+            if written in error.message:
+                error.message = error.message.replace(written, shown(part))
+                return
+            parts.extend(part.values() if isinstance(part, dict) else part if isinstance(part, list) else ())
+
+
 def masked(error: GraphQLError) -> GraphQLError:
     rid = request_id.get()
     return GraphQLError(
@@ -170,6 +201,7 @@ class ErrorPolicy(SchemaExtension):
                 elif variable is not None:
                     _with_code(error, BAD_USER_INPUT)
                     self._name_allowed_value(error, variable)
+                    _show_as_json(error, (self.execution_context.variables or {}).get(variable.variable.name.value))
                 else:
                     _with_code(error, VALIDATION_FAILED)
             processed.append(error)

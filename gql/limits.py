@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from graphql import (
+    ASTValidationRule,
     ExecutionResult,
     FieldNode,
     FragmentDefinitionNode,
@@ -19,6 +20,7 @@ from graphql import (
     SelectionSetNode,
     Source,
     TokenKind,
+    ValidationContext,
     VariableNode,
 )
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
@@ -131,7 +133,22 @@ class AliasLimit(MaxAliasesLimiter):
 class DepthLimit(QueryDepthLimiter):
     def __init__(self, max_depth: int) -> None:
         super().__init__(max_depth)
-        self.validation_rules = [coded_rule(rule, QUERY_TOO_COMPLEX) for rule in self.validation_rules]
+        self.validation_rules = [_skipping_unknown_fragments(coded_rule(rule, QUERY_TOO_COMPLEX)) for rule in self.validation_rules]
+
+
+def _skipping_unknown_fragments(rule: type[ASTValidationRule]) -> type[ASTValidationRule]:
+    """Strawberry's depth rule looks every spread up in the document's fragments (a KeyError for one that is not
+    there); such a document is invalid anyway, and KnownFragmentNamesRule says why."""
+
+    class Skipping(rule):  # type: ignore[valid-type, misc]  # a class made from a variable base
+        def __init__(self, context: ValidationContext) -> None:
+            try:
+                super().__init__(context)
+            except KeyError:
+                ASTValidationRule.__init__(self, context)
+
+    Skipping.__name__ = Skipping.__qualname__ = rule.__name__
+    return Skipping
 
 
 def limit_extensions(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gql.asgi import header, replaying
 from gql.logs import REQUEST_ID_HEADER, access_log, log_request, new_request_id, request_id, request_summary
+from gql.protocol import refuse_method, send_refusal
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 
@@ -25,7 +26,7 @@ class PathDispatch:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.path:
             if scope["method"] not in ("GET", "POST"):
-                await PlainTextResponse("Method Not Allowed", 405, headers={"Allow": "GET, POST"})(scope, receive, send)
+                await send_refusal(send, refuse_method(scope["method"]))
                 return
             await self.endpoint(scope, receive, send)
             return

@@ -20,12 +20,10 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import orjson
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode, OperationType, parse, print_ast
-from graphql.language import Visitor, visit
+from graphql import OperationType
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.schema.base import BaseSchema
 
@@ -33,10 +31,8 @@ from gql import metrics
 from gql import stored as stored_entries
 from gql.apq import resolve_persisted_query
 from gql.asgi import (
-    BadRequest,
     GraphQLRequest,
-    error_body,
-    read_request,
+    json_content_type,
     replaying,
     rewritten,
     send_json,
@@ -50,6 +46,7 @@ from gql.execution import Operation, execute
 from gql.feed import DATA_EPOCH
 from gql.logs import note, request_id
 from gql.lru import LRU
+from gql.protocol import OPERATION_RESOLUTION_FAILURE, Batch, QueryShape, RequestError, query_shape, read_request, send_refusal
 from gql.schema.types import CACHED_FIELDS
 from gql.service import Service
 from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
@@ -62,46 +59,6 @@ _NO_STORE = {b"cache-control": b"no-store"}
 
 
 # --- what a query is ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueryShape:
-    """What the response cache needs to know of a query document (computed once per text)."""
-
-    normalized: str  # whitespace and comments do not matter
-    cacheable: bool  # a query (not a mutation), no introspection, at least one cached field
-    namespaces: tuple[str, ...]  # the cached fields it invokes
-
-
-class _Fields(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def enter_field(self, node: FieldNode, *_: Any) -> None:
-        self.names.add(node.name.value)
-
-
-@lru_cache(maxsize=2048)
-def query_shape(query: str, operation_name: str | None, cached_fields: frozenset[str]) -> QueryShape | None:
-    """None when the text does not parse (GraphQL execution then reports why)."""
-    try:
-        document = parse(query)
-    except GraphQLError:
-        return None
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if operation_name is not None:
-        operations = [o for o in operations if o.name is not None and o.name.value == operation_name]
-    fields = _Fields()
-    visit(document, fields)
-    namespaces = tuple(sorted(fields.names & cached_fields))
-    cacheable = (
-        len(operations) == 1
-        and operations[0].operation is OperationType.QUERY
-        and not {"__schema", "__type"} & fields.names
-        and bool(namespaces)
-    )
-    return QueryShape(print_ast(document), cacheable, namespaces)
 
 
 def response_key(shape: QueryShape, variables: Any, operation_name: str | None, snapshot: PriceStore) -> str:
@@ -168,6 +125,8 @@ class ResponseCacheApp:
         self.enabled = settings.response_cache
         self.max_entry_bytes = settings.cache_max_entry_bytes
         self.apq_ttl = settings.apq_ttl
+        self.max_batch = settings.max_batch
+        self.ide = settings.graphiql
         clock = service.cache.policy.clock
         self._now = clock.now
         self._memory: LRU[str, _Remembered] = LRU(max_bytes=settings.response_memory_bytes, size=lambda r: _stored_size(r.stored))
@@ -190,22 +149,30 @@ class ResponseCacheApp:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            request, body = await read_request(scope, receive)
-        except BadRequest as exc:
-            await send_json(send, 400, error_body(str(exc), "BAD_REQUEST"), {"cache-control": "no-store"})
+            request, body = await read_request(scope, receive, max_batch=self.max_batch, ide=self.ide)
+            if isinstance(request, Batch):
+                for number, item in enumerate(request.operations, 1):
+                    self._check_operation("POST", item, f"operation {number} of the batch: ")
+        except RequestError as refused:
+            await send_refusal(send, refused)
             return
-        if request is None:  # not a single JSON operation (a batch, a form, GraphiQL)
+        if not isinstance(request, GraphQLRequest):  # a batch, or GraphiQL
+            scope = json_content_type(scope) if request is not None else scope
             await self.app(scope, replaying(receive, body), with_default_headers(send, _NO_STORE))
             return
         refusal = await resolve_persisted_query(request, self.raw, self.apq_ttl)
         if refusal is not None:
             await send_json(send, 200, refusal, {"cache-control": "no-store"})
             return
+        try:
+            shape = self._check_operation(request.method, request.data)
+        except RequestError as refused:
+            await send_refusal(send, refused)
+            return
         scope, receive = rewritten(scope, receive, request)
-        operation = _operation(request)
-        note(operation=request.data.get("operationName") if isinstance(request.data.get("operationName"), str) else None)
-        shape = query_shape(operation.query, operation.operation_name, CACHED_FIELDS) if operation is not None else None
-        if operation is None or shape is None or not shape.cacheable:
+        operation = Operation(request.data["query"], request.data.get("variables"), request.data.get("operationName"))
+        note(operation=operation.operation_name)
+        if shape is None or not shape.cacheable:
             await self.app(scope, receive, with_default_headers(send, _NO_STORE))
             return
         if not self.enabled or self.cache.state is CacheState.DISABLED:
@@ -373,13 +340,20 @@ class ResponseCacheApp:
             # Storing is an optimization: the answer has been sent; the next request computes again.
             log.exception("storing a response failed")
 
+    @staticmethod
+    def _check_operation(method: str, data: dict[str, Any], where: str = "") -> QueryShape | None:
+        """The document's shape (None: it does not parse, which execution reports), or RequestError when no
+        operation can be chosen (a GraphQL request error: 200) or a mutation came over GET (405)."""
+        name = data.get("operationName")
+        shape = query_shape(data["query"], name, CACHED_FIELDS)
+        if shape is None:
+            return None
+        if shape.problem is not None:
+            raise RequestError(where + shape.problem, OPERATION_RESOLUTION_FAILURE, 200)
+        if method == "GET" and shape.operation is not OperationType.QUERY:
+            raise RequestError(f"a {shape.operation.value if shape.operation else 'non-query'} is sent with POST; GET runs queries only",
+                               "METHOD_NOT_ALLOWED", 405, {"allow": "POST"})
+        return shape
+
     def _keys(self, key: str) -> dict[str, str]:
         return {part: self.raw.keys.response(key, part) for part in (META, RAW, DEFLATE)}
-
-
-def _operation(request: GraphQLRequest) -> Operation | None:
-    """The operation, when its parts have the types a cacheable one needs (else the GraphQL app says what is wrong)."""
-    query, variables, name = (request.data.get(k) for k in ("query", "variables", "operationName"))
-    if not isinstance(query, str) or not isinstance(variables, (dict, type(None))) or not isinstance(name, (str, type(None))):
-        return None
-    return Operation(query, variables, name)

@@ -118,7 +118,9 @@ def check_response(request_text: str, status: int, body: str, server: Server) ->
     try:
         payload = json.loads(body)
     except ValueError:
-        payload = None
+        raise AssertionError(f"{status}, not JSON, for {request_text!r}:\n{body[:2000]}") from None
+    if status >= 400:  # a request error: a JSON GraphQL error with a code (checked below), as the spec gives it
+        assert isinstance(payload, dict) and payload.get("errors") and "data" not in payload, f"{status} for {request_text!r}: {body[:2000]}"
     results = payload if isinstance(payload, list) else [payload]
     for result in results:
         if not isinstance(result, dict):

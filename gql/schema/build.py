@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import strawberry
@@ -15,7 +16,7 @@ from gql.errors import ErrorPolicy, is_unexpected
 from gql.limits import limit_extensions
 from gql.schema.report import CacheReportExtension
 from gql.schema.resolvers import Mutation, Query
-from gql.schema.types import CACHED_FIELDS
+from gql.schema.types import CACHED_FIELDS, DATE
 
 
 class _Schema(strawberry.Schema):
@@ -42,4 +43,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(batching_config={"max_operations": settings.max_batch}),
         execution_context_class=ColumnarExecutionContext,
+        scalar_overrides={dt.date: DATE},
     )

@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 
 from gql.columns import ColumnarList
+from gql.errors import shown
 
 # The cached fields: each is a namespace of the result cache (refreshCache invalidates it as a whole).
 CHART_NAMESPACE = "indexChart"
 YIELD_NAMESPACE = "yieldThisYear"
 CACHED_FIELDS = frozenset({CHART_NAMESPACE, YIELD_NAMESPACE})
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_date(value: object) -> dt.date:
+    """A Date argument: only "YYYY-MM-DD" (what Python's fromisoformat also takes, such as 20210130, is refused)."""
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise GraphQLError(f"{shown(value)} is not a day of the calendar; a Date is \"YYYY-MM-DD\", e.g. \"2021-01-29\"") from None
+    raise GraphQLError(f"a Date is a string \"YYYY-MM-DD\", e.g. \"2021-01-29\"; got {shown(value)}")
+
+
+# Strawberry's own Date takes whatever fromisoformat does and says "Invalid isoformat string" when it fails.
+DATE = strawberry.scalar(
+    name="Date", description='A calendar day as a string "YYYY-MM-DD".', serialize=dt.date.isoformat, parse_value=parse_date,
+)
 
 
 @strawberry.enum(description="Spacing of chart points: every trading day, or the last close of each week or month.")
