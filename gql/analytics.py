@@ -151,23 +151,22 @@ def _month_numbers(days: np.ndarray) -> np.ndarray:
 
 
 def year_to_date(closes: pd.Series, as_of: dt.date) -> dict:
-    """Percent change from the last close of the previous year to the last close on or before `as_of`.
+    """Percent change from the last close of the previous year to the last close on or before `as_of`,
+    which must be in `as_of`'s year: an index with no close in that year has no year-to-date for it.
 
     An index with no close in the previous year is measured from its first close of the year,
     and `base_is_first_close_of_year` says so.
     """
     index = closes.index
     last = int(index.searchsorted(pd.Timestamp(as_of), side="right")) - 1
-    if last < 0:
-        raise NoDataError(f"no close on or before {as_of}")
     first_of_year = int(index.searchsorted(pd.Timestamp(as_of.year, 1, 1), side="left"))
+    if last < first_of_year:
+        raise NoDataError(f"no close in {as_of.year} up to {as_of}")
     base = first_of_year - 1
     from_this_year = base < 0 or index[base].year != as_of.year - 1
     if from_this_year:
         # No close in the previous year (the index starts this year, or has a gap): measure from
         # the first close of this year.
-        if first_of_year > last:
-            raise NoDataError(f"no close in {as_of.year - 1} nor in {as_of.year} up to {as_of}")
         base = first_of_year
     values = closes.to_numpy(dtype="float64")
     base_close, last_close = float(values[base]), float(values[last])
@@ -197,14 +196,14 @@ def index_chart(store: PriceStore, codes: Sequence[str], start: dt.date, end: dt
 def yields_this_year(store: PriceStore, codes: Sequence[str], as_of: dt.date) -> list[YearToDate]:
     """Year-to-date yield of several indexes as of one date, in the order of `codes`.
 
-    An index whose data ends before `as_of` (a stale import next to fresher ones) is measured at its
-    own last close, so one stale file does not make the whole table unanswerable; its `last_date` shows it.
+    An index whose data ends before `as_of` but in its year (a stale import next to fresher ones) is
+    measured at its own last close; its `last_date` shows it.
     """
     rows: list[YearToDate] = []
     for code in codes:
         history = store[code]
         try:
-            ytd = year_to_date(history.closes, min(as_of, history.last_date))
+            ytd = year_to_date(history.closes, as_of)
         except NoDataError as exc:
             raise NoDataError(f"index {code}: {exc}") from None
         rows.append(cast(YearToDate, {"code": code, "name": history.meta.name, **ytd}))

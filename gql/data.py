@@ -63,6 +63,16 @@ class IndexHistory:
     def last_date(self) -> dt.date:
         return self.closes.index[-1].date()
 
+    def has_close_between(self, start: dt.date, end: dt.date) -> bool:
+        """Whether a close falls on a day from `start` to `end` (both included)."""
+        first, last = self.first_date, self.last_date
+        if end < first or start > last:
+            return False
+        # Clipped to the data first: a Timestamp cannot hold every date (1677-01-01 overflows).
+        index = self.closes.index
+        lo, hi = pd.Timestamp(max(start, first)), pd.Timestamp(min(end, last))
+        return bool(index.searchsorted(hi, side="right") > index.searchsorted(lo, side="left"))
+
     @functools.cached_property
     def digest(self) -> bytes:
         """A digest of the metadata and every close (computed once: a reload reuses unchanged histories)."""

@@ -26,7 +26,7 @@ from gql.errors import COMPUTATION_FAILED, ApiError, UserInputError
 from gql.feed import DATA_EPOCH, DataFeed
 from gql.logs import request_id
 from gql.schedule import parse_time_of_day, seconds_until_publication
-from gql.schema.arguments import resolve_as_of, resolve_range
+from gql.schema.arguments import chart_arguments, yield_arguments
 from gql.schema.types import CHART_NAMESPACE, YIELD_NAMESPACE, CacheTarget
 from gql.versions import CODE_VERSION
 
@@ -161,10 +161,12 @@ class Service:
         for target in targets:
             began = time.perf_counter()
             if target is CacheTarget.INDEX_CHART:
-                lo, hi = resolve_range(store, store.codes, None, None)
-                result = await self.chart(store.codes, lo, hi, analytics.Frequency.DAILY, store, refresh=invalidate)
+                # The default variants: what a query without arguments asks for.
+                codes, lo, hi = chart_arguments(store, None, None, None)
+                result = await self.chart(codes, lo, hi, analytics.Frequency.DAILY, store, refresh=invalidate)
             else:
-                result = await self.yields(store.codes, resolve_as_of(store, store.codes, None), store, refresh=invalidate)
+                codes, as_of = yield_arguments(store, None, None)
+                result = await self.yields(codes, as_of, store, refresh=invalidate)
             if invalidate and result.status is CacheStatus.STALE:
                 # Fail-safe kept the old value for readers; the operator must hear that recomputing failed.
                 raise ApiError(

@@ -371,16 +371,10 @@ def test_year_to_date_as_of_a_weekend_uses_fridays_close(as_of):
     assert ytd["yield_pct"] == approx(4.0)
 
 
-def test_year_to_date_on_january_1_before_any_trading_this_year():
-    ytd = year_to_date(_closes(YEAR_END), D(2025, 1, 1))
-    assert ytd == {
-        "yield_pct": 0.0,
-        "base_date": "2024-12-31",
-        "base_close": 100.0,
-        "last_date": "2024-12-31",
-        "last_close": 100.0,
-        "base_is_first_close_of_year": False,
-    }
+def test_year_to_date_on_january_1_before_any_trading_this_year_is_none():
+    # The last close is of 2024: it must not pass for a 2025 figure (0 % "this year").
+    with pytest.raises(NoDataError, match=r"^no close in 2025 up to 2025-01-01$"):
+        year_to_date(_closes(YEAR_END), D(2025, 1, 1))
 
 
 def test_year_to_date_of_an_index_that_starts_mid_year():
@@ -518,7 +512,7 @@ def test_single_point_chart_values_are_json_ready():
 
 
 def test_year_to_date_values_are_json_ready(store):
-    for as_of in (D(2025, 1, 1), D(2025, 1, 5), D(2025, 6, 30)):
+    for as_of in (D(2025, 1, 5), D(2025, 6, 30)):
         yields = yields_this_year(store, ["000300", "HSI"], as_of)
         _assert_plain(yields)
         for ytd in yields:
@@ -531,18 +525,28 @@ def test_year_to_date_values_are_json_ready(store):
     assert orjson.loads(orjson.dumps(mid_year)) == mid_year
 
 
-def test_a_stale_index_is_measured_at_its_own_last_close():
-    # 000300 ends in January 2021, HSI runs to 2026: as of 2026-07-24 the stale index reports its own
-    # year-to-date at its last close (2021-01-27 against 2020-12-31) instead of failing the whole table.
+def test_an_index_ending_earlier_in_the_year_is_measured_at_its_own_last_close():
+    store = PriceStore(
+        [
+            _history("000300", "CSI 300", [("2025-12-31", 100.0), ("2026-03-02", 105.0)]),
+            _history("HSI", "Hang Seng", [("2025-12-31", 200.0), ("2026-07-24", 190.0)]),
+        ]
+    )
+    early, fresh = yields_this_year(store, ["000300", "HSI"], D(2026, 7, 24))
+    assert (early["base_date"], early["last_date"], early["yield_pct"]) == ("2025-12-31", "2026-03-02", approx(5.0))
+    assert (fresh["base_date"], fresh["last_date"], fresh["yield_pct"]) == ("2025-12-31", "2026-07-24", approx(-5.0))
+
+
+def test_an_index_ending_in_an_earlier_year_has_no_year_to_date_for_a_later_one():
+    # 000300 ends in January 2021: as of 2026-07-24 its 2021 figure must not pass for 2026.
     store = PriceStore(
         [
             _history("000300", "CSI 300", [("2020-12-31", 100.0), ("2021-01-27", 105.0)]),
             _history("HSI", "Hang Seng", [("2025-12-31", 200.0), ("2026-07-24", 190.0)]),
         ]
     )
-    stale, fresh = yields_this_year(store, ["000300", "HSI"], D(2026, 7, 24))
-    assert (stale["base_date"], stale["last_date"], stale["yield_pct"]) == ("2020-12-31", "2021-01-27", approx(5.0))
-    assert (fresh["base_date"], fresh["last_date"], fresh["yield_pct"]) == ("2025-12-31", "2026-07-24", approx(-5.0))
+    with pytest.raises(NoDataError, match=r"^index 000300: no close in 2026 up to 2026-07-24$"):
+        yields_this_year(store, ["000300", "HSI"], D(2026, 7, 24))
 
 
 def test_charts_from_the_memoized_daily_series_equal_charts_from_prices():

@@ -264,14 +264,14 @@ def test_starts_and_answers_with_no_redis_at_all(make_client):
 @pytest.mark.parametrize(
     ("query", "variables", "expected"),
     [
-        (CHART, {"codes": ["NOPE1", "000300", "NOPE2"]}, ["unknown index codes 'NOPE1', 'NOPE2'", "known codes: 000300, 000905"]),
-        (YIELD, {"codes": ["XYZ"]}, ["unknown index code 'XYZ'", "HSI"]),
+        (CHART, {"codes": ["NOPE1", "000300", "NOPE2"]}, ["unknown index codes \"NOPE1\", \"NOPE2\"", "known codes: 000300, 000905"]),
+        (YIELD, {"codes": ["XYZ"]}, ["unknown index code \"XYZ\"", "HSI"]),
         (CHART, {"codes": []}, ["empty list", "null"]),
         (CHART, {"codes": ["HSI", "hsi"]}, ["twice"]),
         (CHART, {"start": "2020-02-01", "end": "2020-01-01"}, ["start 2020-02-01 is after end 2020-01-01"]),
-        (CHART, {"start": "2099-01-01"}, ["holds no data", "2005-01-04"]),
-        (CHART, {"end": "1999-01-01"}, ["holds no data"]),
-        (YIELD, {"asOf": "1999-12-31"}, ["before the first data", "2005-01-04"]),
+        (CHART, {"start": "2099-01-01"}, ["no close on or after start 2099-01-01: the data runs from 2005-01-04 to 2026-11-20"]),
+        (CHART, {"end": "1999-01-01"}, ["no close on or before end 1999-01-01: the data runs from 2005-01-04"]),
+        (YIELD, {"asOf": "1999-12-31"}, ["no index has a close in 1999 up to 1999-12-31; the data runs from 2005-01-04 to 2026-11-20"]),
         (YIELD, {"asOf": "2099-06-30"}, ["no data yet", "latest close"]),
     ],
 )

@@ -359,7 +359,7 @@ def test_api_errors_are_shown_to_the_user(visit):
     page.wait_for_selector('#chart[data-state="error"]')
     error = page.locator("#chart-error")
     assert error.is_visible()
-    assert "unknown index code 'NOPE1'" in error.inner_text() and "BAD_USER_INPUT" in error.inner_text()
+    assert 'unknown index code "NOPE1"' in error.inner_text() and "BAD_USER_INPUT" in error.inner_text()
     assert page.locator("#chart svg polyline").count() == 0
     screenshot(page, "dashboard-error.png")
 

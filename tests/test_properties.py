@@ -24,7 +24,7 @@ from gql.cache.keys import Keys
 from gql.config import Settings
 from gql.data import IndexHistory, IndexMeta, PriceStore, make_closes
 from gql.errors import UserInputError
-from gql.schema.arguments import resolve_as_of, resolve_codes, resolve_range
+from gql.schema.arguments import chart_arguments, resolve_as_of, resolve_codes, resolve_range, yield_arguments
 from gql.schema.types import CHART_NAMESPACE, YIELD_NAMESPACE, Frequency
 from gql.service import Service
 
@@ -127,8 +127,7 @@ def chart_outcome(
     # Mirrors Query.index_chart; the key parts themselves come from the real Service.chart.
     backend = _RecordingService(compute)
     try:
-        resolved = resolve_codes(STORE, codes)
-        lo, hi = resolve_range(STORE, resolved, start, end)
+        resolved, lo, hi = chart_arguments(STORE, codes, start, end)
         result = asyncio.run(backend.chart(resolved, lo, hi, analytics.Frequency[frequency.value], STORE))
     except UserInputError as exc:
         return ("error", exc.message)
@@ -141,8 +140,7 @@ def yield_outcome(codes: Sequence[str] | None, as_of: dt.date | None, compute: b
     """("key", cache key, value) as Query.yield_this_year would build them, or ("error", message)."""
     backend = _RecordingService(compute)
     try:
-        resolved = resolve_codes(STORE, codes)
-        date = resolve_as_of(STORE, resolved, as_of)
+        resolved, date = yield_arguments(STORE, codes, as_of)
         result = asyncio.run(backend.yields(resolved, date, STORE))
     except UserInputError as exc:
         return ("error", exc.message)
@@ -177,10 +175,17 @@ def test_code_spelling_does_not_change_the_key(selection, data, start, end, freq
 
 @PROPERTY
 @given(start=optional_dates, end=optional_dates, frequency=frequencies, as_of=optional_dates)
-def test_null_codes_are_every_code_in_data_set_order(start, end, frequency, as_of):
+def test_null_codes_are_every_code_with_data_for_the_period(start, end, frequency, as_of):
     assert resolve_codes(STORE, None) == CODES == ("000300", "000905", "399971", "HSI")
-    assert_same_question(chart_outcome(None, start, end, frequency), chart_outcome(list(CODES), start, end, frequency))
-    assert_same_question(yield_outcome(None, as_of), yield_outcome(list(CODES), as_of))
+    pairs = [
+        (chart_outcome(None, start, end, frequency), chart_outcome(list(CODES), start, end, frequency)),
+        (yield_outcome(None, as_of), yield_outcome(list(CODES), as_of)),
+    ]
+    for every, named in pairs:
+        if named[0] == "key":  # every index has data for the period: null is the same question as naming them all
+            assert_same_question(every, named)
+        elif every[0] == "key":  # naming them all is refused for some index: null leaves it (and only it) out
+            assert set(every[2][1]) < set(CODES) and "no " in named[1]
 
 
 @PROPERTY
@@ -205,7 +210,7 @@ def test_bounds_outside_the_data_are_the_same_as_no_bounds(codes, before, after,
 @PROPERTY
 @given(codes=st.none() | code_selections(), days_after=st.integers(1, 366))
 def test_as_of_after_the_data_in_its_year_is_the_last_date(codes, days_after):
-    last = _span(codes or CODES)[1]
+    last = STORE.last_date  # of the whole data set, whichever indexes are asked for
     as_of = last + dt.timedelta(days=days_after)
     assume(as_of.year == last.year)
     latest = yield_outcome(codes, last)
@@ -216,7 +221,7 @@ def test_as_of_after_the_data_in_its_year_is_the_last_date(codes, days_after):
 @PROPERTY
 @given(codes=st.none() | code_selections(), days_after=st.integers(1, 40_000))
 def test_as_of_in_a_later_year_than_the_data_is_refused(codes, days_after):
-    last = _span(codes or CODES)[1]
+    last = STORE.last_date
     as_of = min(dt.date(2100, 12, 31), last + dt.timedelta(days=days_after))
     assume(as_of.year > last.year)
     outcome = yield_outcome(codes, as_of)
@@ -265,7 +270,7 @@ def test_chart_keys_are_equal_exactly_when_the_normalized_range_is(codes, first_
 
     def normalized(pair):
         try:
-            return resolve_range(STORE, resolved, *pair)
+            return resolve_range(STORE, resolved, *pair, named=True)[1:]
         except UserInputError:
             return None
 
@@ -369,19 +374,22 @@ def test_argument_checks_raise_only_user_input_errors(codes, start, end, as_of, 
         return
     assert resolved and len(set(resolved)) == len(resolved) and set(resolved) <= set(CODES)
     try:
-        lo, hi = resolve_range(STORE, resolved, start, end)
+        charted, lo, hi = resolve_range(STORE, resolved, start, end, named=True)
     except UserInputError as exc:
         assert exc.extensions == {"code": "BAD_USER_INPUT"}
     else:
+        assert charted == resolved  # named codes: every one charted, or an error
         assert lo <= hi and (start is None or lo >= start) and (end is None or hi <= end)
-        assert all(STORE[c].first_date <= hi and STORE[c].last_date >= lo for c in resolved)
+        assert all(STORE[c].has_close_between(lo, hi) for c in resolved)
     try:
-        date = resolve_as_of(STORE, resolved, as_of)
+        measured, date = resolve_as_of(STORE, resolved, as_of, named=True)
     except UserInputError as exc:
         assert exc.extensions == {"code": "BAD_USER_INPUT"}
     else:
-        assert all(STORE[c].first_date <= date for c in resolved)
-        assert date <= max(STORE[c].last_date for c in resolved)
+        assert measured == resolved
+        # Year-to-date of asOf's year only: every index measured has a close in that year up to the date.
+        assert all(STORE[c].has_close_between(dt.date(date.year, 1, 1), date) for c in resolved)
+        assert date <= STORE.last_date
     # The whole resolver path: a range or date the checks let through either computes or is refused.
     for outcome in (chart_outcome(codes, start, end, frequency, compute=True), yield_outcome(codes, as_of, compute=True)):
         assert outcome[0] in ("key", "error")
@@ -393,10 +401,10 @@ def test_too_many_codes_is_a_user_input_error(count):
         resolve_codes(STORE, [" hsi "] * count)
 
 
-def test_analytics_no_data_is_turned_into_a_user_input_error():
-    # A weekend inside the data passes the range check but holds no close.
+def test_a_range_without_a_close_is_a_user_input_error():
+    # A weekend inside the data: the argument check finds no close in it, before any computation.
     saturday = dt.date(2016, 7, 9)
     outcome = chart_outcome(["000300"], saturday, saturday + dt.timedelta(days=1), Frequency.DAILY, compute=True)
-    assert outcome[0] == "error" and "no close between" in outcome[1]
+    assert outcome[0] == "error" and outcome[1].startswith("no closes between 2016-07-09 and 2016-07-10 for 000300")
     with pytest.raises(analytics.NoDataError):
         analytics.index_chart(STORE, ["000300"], saturday, saturday + dt.timedelta(days=1), analytics.Frequency.DAILY)

@@ -16,7 +16,7 @@ from gql import analytics
 from gql.data import PriceStore
 from gql.errors import FORBIDDEN, AuthError
 from gql.schema import report
-from gql.schema.arguments import resolve_as_of, resolve_codes, resolve_range
+from gql.schema.arguments import chart_arguments, yield_arguments
 from gql.schema.types import (
     CacheTarget,
     Frequency,
@@ -50,7 +50,8 @@ class Query:
 
     @strawberry.field(
         description="Chart data per index (cached). codes: null means all, in data-set order; start/end default to the "
-        "whole history and are clipped to the data."
+        "whole history and are clipped to the data. An index with no close in the range has no series: asked for by "
+        "code it is an error, and codes: null leaves it out."
     )
     async def index_chart(
         self,
@@ -62,23 +63,22 @@ class Query:
     ) -> IndexChart:
         service: Service = info.context.service
         store = info.context.snapshot
-        resolved = resolve_codes(store, codes, service.settings.max_codes)
-        lo, hi = resolve_range(store, resolved, start, end)
+        resolved, lo, hi = chart_arguments(store, codes, start, end, service.settings.max_codes)
         result = await service.chart(resolved, lo, hi, analytics.Frequency[frequency.value], store)
         report.record(info, result)
         return IndexChart.from_value(result.value)
 
     @strawberry.field(
-        description="Year-to-date change per index (cached). asOf defaults to the latest date in the data; a later "
-        "date in the same year means the latest close."
+        description="Year-to-date change per index (cached), within asOf's calendar year. asOf defaults to the latest "
+        "date in the data; a later date in the same year means the latest close. An index with no close in that year "
+        "up to asOf has no row: asked for by code it is an error, and codes: null leaves it out."
     )
     async def yield_this_year(
         self, info: Info, codes: list[str] | None = None, as_of: dt.date | None = None
     ) -> list[IndexYield]:
         service: Service = info.context.service
         store = info.context.snapshot
-        resolved = resolve_codes(store, codes, service.settings.max_codes)
-        date = resolve_as_of(store, resolved, as_of)
+        resolved, date = yield_arguments(store, codes, as_of, service.settings.max_codes)
         result = await service.yields(resolved, date, store)
         report.record(info, result)
         return [IndexYield.from_value(row) for row in result.value]

@@ -36,6 +36,9 @@
     chart: null,
     chartSeq: 0,
     ytdSeq: 0,
+    ytdRows: null, // the year-to-date rows last loaded: a YTD chart starts at their base close
+    ytdLoad: null,
+    without: [], // selected indexes with no close in the chart's range (charted: none of them)
   };
 
   const $ = (selector) => document.querySelector(selector);
@@ -177,6 +180,14 @@
       case "YTD": return `${lastDate.slice(0, 4)}-01-01`;
       default: return null;
     }
+  }
+
+  // Year to date on the chart is measured as in the table, from the last close of the previous year (the
+  // rows' baseDate), so the legend and the table show the same figure for the same index.
+  function chartStart(codes, periodStart) {
+    if (state.range !== "YTD") return periodStart;
+    const bases = (state.ytdRows || []).filter((r) => codes.includes(r.code)).map((r) => r.baseDate).sort();
+    return bases[0] || periodStart;
   }
 
   // --- Header and index picker -----------------------------------------------------------------------
@@ -500,6 +511,22 @@
   function renderLegend() {
     const legend = $("#chart-legend");
     legend.replaceChildren();
+    for (const index of state.without) {
+      const item = document.createElement("li");
+      item.dataset.code = index.code;
+      item.className = "no-data";
+      item.style.setProperty("--swatch", state.colors.get(index.code));
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.setAttribute("aria-hidden", "true");
+      const name = document.createElement("span");
+      name.textContent = index.name;
+      const stats = document.createElement("span");
+      stats.className = "stats";
+      stats.textContent = `no closes in this range (data from ${index.firstDate} to ${index.lastDate})`;
+      item.append(swatch, name, stats);
+      legend.append(item);
+    }
     if (!state.chart) return;
     for (const s of state.chart.series) {
       const item = document.createElement("li");
@@ -512,8 +539,9 @@
       name.textContent = s.name;
       const stats = document.createElement("span");
       stats.className = "stats";
+      // The figure names its period: from the first point drawn.
       stats.textContent = s.points.length
-        ? `${formatPct(s.totalReturn)}, max drawdown ${formatPct(s.maxDrawdown)}`
+        ? `${formatPct(s.totalReturn)} since ${s.points[0].date}, max drawdown ${formatPct(s.maxDrawdown)}`
         : "no prices in this range";
       item.append(swatch, name, stats);
       legend.append(item);
@@ -536,6 +564,7 @@
       return;
     }
     const codes = state.indexes.map((i) => i.code).filter((code) => state.selected.has(code));
+    state.without = [];
     if (!codes.length) {
       state.chart = null;
       hideError("#chart-error");
@@ -549,7 +578,27 @@
       return;
     }
     setChartState("loading");
-    const variables = { codes, start: startForRange(state.range, state.lastDate), frequency: state.frequency };
+    if (state.range === "YTD" && state.ytdLoad) await state.ytdLoad;
+    if (seq !== state.chartSeq) return;
+    // One index without closes in the range must not cost the others their chart: ask only for those that
+    // have some, and say per index why the rest are not drawn.
+    const periodStart = startForRange(state.range, state.lastDate);
+    const byCode = new Map(state.indexes.map((i) => [i.code, i]));
+    const charted = codes.filter((code) => !periodStart || byCode.get(code).lastDate >= periodStart);
+    state.without = codes.filter((code) => !charted.includes(code)).map((code) => byCode.get(code));
+    if (!charted.length) {
+      state.chart = null;
+      hideError("#chart-error");
+      const none = document.createElement("p");
+      none.className = "placeholder";
+      none.textContent = "No prices in this range for the selected indexes.";
+      $("#chart-area").replaceChildren(none);
+      $("#chart-cache").replaceChildren();
+      renderChart();
+      setChartState("empty");
+      return;
+    }
+    const variables = { codes: charted, start: chartStart(charted, periodStart), frequency: state.frequency };
     try {
       const { data, cache } = await graphql(CHART_QUERY, variables);
       if (seq !== state.chartSeq) return;
@@ -621,7 +670,27 @@
       tr.append(nameCell, pct, base, last);
       body.append(tr);
     }
-    if (!sorted.length) {
+    // Indexes with no close in the year have no year-to-date for it: listed under the ranked ones, with why.
+    const year = (sorted[0] && sorted[0].lastDate.slice(0, 4)) || (state.lastDate && state.lastDate.slice(0, 4));
+    const measured = new Set(rows.map((r) => r.code));
+    for (const index of state.indexes.filter((i) => !measured.has(i.code))) {
+      const tr = document.createElement("tr");
+      tr.dataset.code = index.code;
+      tr.className = "no-data";
+      const nameCell = document.createElement("td");
+      const name = document.createElement("span");
+      name.className = "index-name";
+      name.textContent = shortName(index);
+      name.title = index.name;
+      nameCell.append(name);
+      const why = document.createElement("td");
+      why.colSpan = 3;
+      why.className = "note";
+      why.textContent = `no close in ${year}: data from ${index.firstDate} to ${index.lastDate}`;
+      tr.append(nameCell, why);
+      body.append(tr);
+    }
+    if (!sorted.length && !body.children.length) {
       const tr = document.createElement("tr");
       const td = document.createElement("td");
       td.colSpan = 4;
@@ -633,7 +702,12 @@
       + (flagged ? " † no close in the previous year: measured from the first close of this year." : "");
   }
 
-  async function loadYtd() {
+  function loadYtd() {
+    state.ytdLoad = fetchYtd();
+    return state.ytdLoad;
+  }
+
+  async function fetchYtd() {
     const seq = ++state.ytdSeq;
     const section = $("#ytd");
     const table = $("#ytd-table");
@@ -643,6 +717,7 @@
       const { data, cache } = await graphql(YTD_QUERY);
       if (seq !== state.ytdSeq) return;
       hideError("#ytd-error");
+      state.ytdRows = data.yieldThisYear;
       renderYtd(data.yieldThisYear);
       renderCache("#ytd-cache", cache);
       section.dataset.generation = String(Number(section.dataset.generation || 0) + 1);
@@ -767,6 +842,7 @@
     }
     renderHeader();
     renderIndexOptions();
+    if (state.ytdRows) renderYtd(state.ytdRows); // the rows came first: now the indexes without one are known
     await Promise.all([loadChart(), ytd]);
   }
 
