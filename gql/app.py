@@ -28,6 +28,7 @@ from gql import __version__
 from gql.cache import CacheState
 from gql.config import Settings
 from gql.encoding import dumps
+from gql.graphiql import GraphiQLFiles, graphiql_html
 from gql.logs import install_record_factory
 from gql.middleware import BodyLimitMiddleware, PathDispatch, RequestIdMiddleware
 from gql.responses import ResponseCacheApp
@@ -57,6 +58,11 @@ class _GraphQLApp(GraphQL[Context, None]):
 
     def encode_json(self, data: object) -> bytes:
         return dumps(data)
+
+    @property
+    def graphql_ide_html(self) -> str:
+        # Our GraphiQL page, whose files the app serves itself (gql/graphiql.py); Strawberry's loads them from CDNs.
+        return graphiql_html()
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -179,6 +185,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            Mount("/static/graphiql", GraphiQLFiles(), name="graphiql"),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=middleware,

@@ -24,13 +24,21 @@ class PathDispatch:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
+        if scope["type"] == "http" and _route_path(scope) == self.path:
             if scope["method"] not in ("GET", "POST"):
                 await send_refusal(send, refuse_method(scope["method"]))
                 return
             await self.endpoint(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the app's mount point: ASGI servers (uvicorn --root-path) and a Starlette Mount put the
+    prefix in `root_path` and keep it in `path` too, as Starlette's own router reads it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 class RequestIdMiddleware:

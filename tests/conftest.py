@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from gql.app import create_app
 from gql.config import Settings
+from tests.support.browser import Chromium
 from tests.support.caches import CacheFactory
 from tests.support.http import ADMIN_TOKEN
 from tests.support.servers import RedisServer
@@ -28,6 +29,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Chromium]:
+    """The system Chromium for a test file's pages (tests/support/browser.py), launched on first use."""
+    browser = Chromium()
+    yield browser
+    browser.close()
 
 
 @pytest.fixture

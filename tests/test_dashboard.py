@@ -1,7 +1,6 @@
 """The dashboard as a person sees it: `python -m gql serve` over real HTTP, in the system Chromium (Playwright).
 
-Playwright drives Debian's /usr/bin/chromium; it never downloads a browser of its own (`make test` and
-.ci/run install the package through tests/ensure-chromium.sh when it is missing).
+The browser (the `chromium` fixture of tests/conftest.py) is tests/support/browser.py's.
 """
 
 from __future__ import annotations
@@ -12,21 +11,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 
+from tests.support.browser import Chromium, screenshot
 from tests.support.servers import running_server
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 TOKEN = "dashboard-token"
 DEFAULT_CODES = ["000300", "000905", "HSI"]
 CACHE_TEXT = re.compile(r"^(HIT|MISS|STALE|REFRESHED|BYPASS), \d+(\.\d)? s old$")
@@ -38,41 +30,6 @@ TIMEOUT_MS = 60_000
 def server(redis_server) -> Iterator[str]:
     with running_server(redis_server.url, GQL_ADMIN_TOKEN=TOKEN) as base:
         yield base
-
-
-class Chromium:
-    """The system Chromium, launched on first use: a missing browser fails the test itself, with what to do."""
-
-    def __init__(self) -> None:
-        self._playwright = None
-        self._browser = None
-
-    def browser(self):
-        if self._browser is None:
-            if not CHROMIUM.exists():
-                pytest.fail(
-                    f"{CHROMIUM} is missing: the dashboard tests drive the system Chromium. Install it with "
-                    "`apt-get install -y chromium` (`make test` does so through tests/ensure-chromium.sh).",
-                    pytrace=False,
-                )
-            from playwright.sync_api import sync_playwright
-
-            self._playwright = sync_playwright().start()
-            self._browser = self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        return self._browser
-
-    def close(self) -> None:
-        if self._browser is not None:
-            self._browser.close()
-        if self._playwright is not None:
-            self._playwright.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    browser = Chromium()
-    yield browser
-    browser.close()
 
 
 @dataclass
@@ -172,14 +129,6 @@ def post(base: str, query: str, variables: dict | None = None, headers: dict | N
 def percent(value: float) -> Decimal:
     # JavaScript's toFixed(2) rounds the exact binary value half away from zero: the same as this.
     return Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-
-
-def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    print(f"\nscreenshot: {path}")
-    return path
 
 
 def test_dashboard_shows_chart_and_year_to_date_table(visit):
