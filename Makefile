@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m gql serve
 
-test: lint
+# The frontend clients of tests/test_clients.py (Apollo Client, urql), exactly as pinned in their lockfile.
+CLIENTS := tests/clients
+$(CLIENTS)/node_modules/.package-lock.json: $(CLIENTS)/package-lock.json
+	npm ci --prefix $(CLIENTS) --no-audit --no-fund
+
+test: lint $(CLIENTS)/node_modules/.package-lock.json
 	sh tests/ensure-chromium.sh
 	$(PY) -m pytest
 
@@ -35,4 +40,4 @@ bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(CLIENTS)/node_modules
