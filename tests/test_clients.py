@@ -80,7 +80,7 @@ def test_automatic_persisted_queries_over_get(seen):
     assert [y["code"] for y in persisted["first"]["data"]["yieldThisYear"]] == ["HSI"]
 
 
-@pytest.mark.parametrize(("case", "mentioned"), [("badDate", "not-a-date"), ("unknownCode", "'NOPE'")])
+@pytest.mark.parametrize(("case", "mentioned"), [("badDate", "not-a-date"), ("unknownCode", '"NOPE"')])
 def test_bad_arguments_surface_a_readable_code(seen, case, mentioned):
     error = seen["errors"][case]
     assert error["wrapper"] == ERROR_WRAPPER[seen["client"]]

@@ -158,7 +158,9 @@ def test_graphiql_under_a_path_prefix_over_http(settings):
 
 def test_graphiql_can_still_be_switched_off(make_client):
     client = make_client(graphiql=False)
-    assert client.get("/graphql", headers=HTML).status_code == 404
+    # No page: a browser gets the coded error of a GET without a query, which says how to ask.
+    off = client.get("/graphql", headers=HTML)
+    assert off.status_code == 400 and off.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
     assert client.get("/graphql", params={"query": "{ indexes { code } }"}).status_code == 200
 
 

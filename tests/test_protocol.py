@@ -137,11 +137,6 @@ def test_a_get_without_a_query_says_how_to_ask(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
-def test_graphiql_switched_off_leaves_a_coded_error(make_client):
-    client = make_client(graphiql=False)
-    assert refusal(client.get("/graphql", headers={"accept": "text/html"}), 400, "BAD_REQUEST").startswith("GET /graphql needs a `query`")
-
-
 # --- what errors echo of the input ----------------------------------------------------------------
 
 
