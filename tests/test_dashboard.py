@@ -17,6 +17,7 @@ import httpx2
 import pytest
 
 from tests.support.browser import Chromium, screenshot
+from tests.support.realdata import import_real
 from tests.support.servers import running_server
 
 TOKEN = "dashboard-token"
@@ -256,6 +257,52 @@ def test_range_frequency_view_and_index_controls(visit):
 
     screenshot(page, "dashboard-controls.png")
     visit.assert_clean()
+
+
+@pytest.fixture(scope="module")
+def real_server(redis_server, tmp_path_factory) -> Iterator[str]:
+    data = import_real(tmp_path_factory.mktemp("real-data"))
+    with running_server(redis_server.url, GQL_DATA_DIR=str(data)) as base:
+        yield base
+
+
+def test_on_the_real_data_the_first_view_shows_what_it_can_per_index(chromium, real_server):
+    # CSI 300 and CSI 500 end in 2021, HSI in 2026: the default 5Y chart and this year's table are HSI's,
+    # and the page says per index why the other two are not drawn or ranked.
+    visit = Visit(chromium, real_server)
+    try:
+        page = visit.open()
+        assert page.inner_text("#data-last-date") == "2026-07-24"
+        assert page.is_hidden("#chart-error") and page.is_hidden("#ytd-error")
+        assert [page.locator("#chart svg polyline").nth(i).get_attribute("data-code") for i in range(1)] == ["HSI"]
+        assert page.locator("#chart svg polyline").count() == 1
+        for code, span in [("000300", "2005-04-08 to 2021-01-27"), ("000905", "2007-01-15 to 2021-02-05")]:
+            legend = page.locator(f'#chart-legend li.no-data[data-code="{code}"]').inner_text()
+            assert f"no closes in this range (data from {span})" in legend
+            row = page.locator(f'#ytd-table tbody tr.no-data[data-code="{code}"]').inner_text()
+            assert f"no close in 2026: data from {span}" in row
+        ranked = page.locator("#ytd-table tbody tr[data-code]:not(.no-data)")
+        assert [ranked.nth(i).get_attribute("data-code") for i in range(ranked.count())] == ["HSI"]
+
+        # YTD on the chart is measured as in the table: the same figure, labelled with its first date.
+        [hsi] = post(real_server, "{ yieldThisYear { code yieldPct baseDate } }")["data"]["yieldThisYear"]
+        before = generation(page, "chart")
+        page.click('#range-buttons button[data-range="YTD"]')
+        wait_for_new_chart(page, before)
+        legend = page.locator('#chart-legend li[data-code="HSI"] .stats').inner_text()
+        table = page.locator('#ytd-table tbody tr[data-code="HSI"] td.ytd').inner_text().strip()
+        assert legend.startswith(f"{table} since {hsi['baseDate']},"), (legend, table)
+
+        # CSI 300 alone on YTD: no chart, no error, and why.
+        page.uncheck('#index-options input[data-code="HSI"]')
+        page.wait_for_selector('#chart[data-state="empty"]')
+        page.uncheck('#index-options input[data-code="000905"]')
+        page.wait_for_selector('#chart-legend li.no-data[data-code="000300"]')
+        assert page.is_hidden("#chart-error") and page.locator("#chart-legend li").count() == 1
+        screenshot(page, "dashboard-real-data.png")
+        visit.assert_clean()
+    finally:
+        visit.close()
 
 
 def test_refresh_cache_needs_the_admin_token(visit):

@@ -8,22 +8,15 @@ CSI 500 on 2021-02-05, the Hang Seng Index on 2026-07-24.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from gql.importer import import_csv
 from tests.support.http import ADMIN, CHART, REFRESH, YIELD, gql, statuses
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REAL = [("sh000300.csv", "000300", "CSI 300"), ("sh000905.csv", "000905", "CSI 500"), ("HSI.csv", "HSI", "Hang Seng Index")]
+from tests.support.realdata import import_real
 
 
 @pytest.fixture
 def real(make_client, tmp_path):
-    for file, code, name in REAL:
-        import_csv(FIXTURES / file, tmp_path, code, name)
-    return make_client(data_dir=tmp_path, data_watch=False)
+    return make_client(data_dir=import_real(tmp_path), data_watch=False)
 
 
 def error(body: dict) -> str:
