@@ -143,11 +143,7 @@ async def _warm_async(settings: Settings) -> int:
     from gql.service import Service
 
     redis_at = f"Redis at {without_password(settings.redis_url)}"
-    try:
-        service = Service(settings)
-    except ValueError as exc:  # redis-py refuses the URL
-        print(f"error: REDIS_URL is not usable: {exc}", file=sys.stderr)
-        return 2
+    service = Service(settings)  # Settings.from_env has checked REDIS_URL, as for every command
     try:
         try:
             await service.load()  # no watcher: the run is over in seconds

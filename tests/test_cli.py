@@ -86,6 +86,46 @@ def test_warm_refuses_a_bad_configuration(env, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+# --- bad settings: one line naming the variable, for every command that reads them --------------------
+
+
+def refused(result: subprocess.CompletedProcess, returncode: int) -> str:
+    """The one line a refused command writes to standard error: no traceback, no usage text."""
+    assert result.returncode == returncode, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+BAD_SETTINGS = [
+    ({"REDIS_URL": "bogus://"}, ("error: REDIS_URL is not usable: Redis URL must specify one of the following schemes "
+                                 "(redis://, rediss://, unix://); expected e.g. redis://127.0.0.1:6379/0")),
+    ({"REDIS_URL": "redis://127.0.0.1:99999/0"}, "error: REDIS_URL is not usable: Port out of range 0-65535"),
+    ({"REDIS_URL": "redis://127.0.0.1:6379/0?no_such_option=1"}, "error: REDIS_URL is not usable: "),
+    ({"GQL_PORT": "eighty"}, "error: GQL_PORT='eighty' is not valid: expected a whole number"),
+    ({"GQL_MAX_DEPTH": "1.5"}, "error: GQL_MAX_DEPTH='1.5' is not valid: expected a whole number"),
+    ({"GQL_REDIS_TIMEOUT": "fast"}, "error: GQL_REDIS_TIMEOUT='fast' is not valid: expected a finite number"),
+    ({"GQL_REDIS_BREAKER_FAILURES": "0"}, "error: GQL_REDIS_BREAKER_FAILURES must be at least 1"),
+    ({"GQL_LOG_LEVEL": "loud"}, "error: GQL_LOG_LEVEL must be one of critical, error, warning, info, debug"),
+    ({"GQL_DATA_DIR": "/nonexistent/gql-data"}, "error: data directory /nonexistent/gql-data does not exist"),
+]
+
+
+@pytest.mark.parametrize(("env", "message"), BAD_SETTINGS)
+def test_serve_refuses_a_bad_setting_in_one_line(env, message):
+    result = gql("serve", "--port", str(free_port()), env=env, timeout=60)
+    assert refused(result, 2).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("serve", "--port", "1"), ("warm",), ("export-schema",), ("import", "prices.csv", "--code", "X", "--name", "X")],
+)
+def test_every_command_reading_settings_refuses_a_bad_redis_url_alike(command):
+    assert refused(gql(*command, env={"REDIS_URL": "bogus://"}, timeout=60), 2).startswith("error: REDIS_URL is not usable: ")
+
+
 # --- refresh -----------------------------------------------------------------------------------------
 
 
