@@ -125,9 +125,19 @@ def index_file(data_dir: Path, code: str) -> Path:
     return data_dir / f"{code}{SUFFIX}"
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data directory (and its parents) unless it is there; DataError saying what is wrong with it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # with exist_ok: something that is not a directory has that name
+        raise DataError(f"data directory {data_dir} is not a directory") from None
+    except OSError as exc:
+        raise DataError(f"data directory {data_dir} cannot be created: {exc.strerror}") from None
+
+
 def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
     """Write atomically: a reader (or a crash) sees the old file or the new one, never a mix."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(data_dir)
     target = index_file(data_dir, history.meta.code)
     header = json.dumps(
         {"code": history.meta.code, "name": history.meta.name, "source": history.meta.source}, ensure_ascii=False
@@ -135,8 +145,9 @@ def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
     dates = history.closes.index.strftime("%Y-%m-%d")
     lines = [f"# {header}", "date,close"]
     lines += [f"{d},{c!r}" for d, c in zip(dates, history.closes.to_numpy(dtype="float64").tolist(), strict=True)]
-    fd, tmp = tempfile.mkstemp(prefix=f".{history.meta.code}.", suffix=".tmp", dir=data_dir)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{history.meta.code}.", suffix=".tmp", dir=data_dir)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             out.write("\n".join(lines) + "\n")
             out.flush()
@@ -144,8 +155,11 @@ def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
         # mkstemp makes the file private (0600); the server may run as another user than the import.
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # e.g. no write permission, a full disk
+            raise DataError(f"data directory {data_dir}: cannot write {target.name} in it: {exc.strerror}") from None
         raise
     return target
 

@@ -15,6 +15,8 @@ def load_directory(data_dir: Path) -> PriceStore:
 
 def _index_files(data_dir: Path) -> list[os.DirEntry]:
     if not data_dir.is_dir():
+        if data_dir.exists():
+            raise DataError(f"data directory {data_dir} is not a directory")
         raise DataError(f"data directory {data_dir} does not exist; create it with `python -m gql import`")
     try:
         entries = sorted((e for e in os.scandir(data_dir) if is_index_file(e.name)),

@@ -118,12 +118,63 @@ def test_serve_refuses_a_bad_setting_in_one_line(env, message):
     assert refused(result, 2).startswith(message)
 
 
+def test_serve_says_when_the_data_directory_is_a_file(tmp_path):
+    regular = tmp_path / "data"
+    regular.write_text("not a directory\n")
+    result = gql("serve", "--port", str(free_port()), env={"GQL_DATA_DIR": str(regular)}, timeout=60)
+    assert refused(result, 2) == f"error: data directory {regular} is not a directory"
+
+
 @pytest.mark.parametrize(
     "command",
     [("serve", "--port", "1"), ("warm",), ("export-schema",), ("import", "prices.csv", "--code", "X", "--name", "X")],
 )
 def test_every_command_reading_settings_refuses_a_bad_redis_url_alike(command):
     assert refused(gql(*command, env={"REDIS_URL": "bogus://"}, timeout=60), 2).startswith("error: REDIS_URL is not usable: ")
+
+
+# --- import: what is wrong with the data directory, in one line -------------------------------------
+
+
+@pytest.fixture
+def prices(tmp_path: Path) -> Path:
+    path = tmp_path / "prices.csv"
+    path.write_text("Date,Close\n2024-01-02,10\n2024-01-03,11\n")
+    return path
+
+
+def import_into(prices: Path, data_dir: Path | str, code: str = "T1", name: str = "Test index") -> subprocess.CompletedProcess:
+    return gql("import", str(prices), "--code", code, "--name", name, "--data-dir", str(data_dir), timeout=60)
+
+
+def test_import_into_a_regular_file_says_it_is_not_a_directory(prices, tmp_path):
+    regular = tmp_path / "data"
+    regular.write_text("not a directory\n")
+    assert refused(import_into(prices, regular), 1) == f"error: data directory {regular} is not a directory"
+    assert regular.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [("/proc/nope", "No such file or directory"), ("{file}/sub", "Not a directory")],
+)
+def test_import_into_a_directory_that_cannot_be_created_says_why(prices, tmp_path, where, reason):
+    regular = tmp_path / "file"
+    regular.write_text("")
+    data_dir = where.format(file=regular)
+    assert refused(import_into(prices, data_dir), 1) == f"error: data directory {data_dir} cannot be created: {reason}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory: no permission to be denied")
+def test_import_into_an_unwritable_directory_says_permission_denied(prices, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o555)
+    try:
+        line = refused(import_into(prices, data_dir), 1)
+    finally:
+        data_dir.chmod(0o755)
+    assert line == f"error: data directory {data_dir}: cannot write T1.csv in it: Permission denied"
+    assert list(data_dir.iterdir()) == []
 
 
 # --- refresh -----------------------------------------------------------------------------------------

@@ -217,8 +217,9 @@ def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path: Path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, failing, fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DataError) as caught:  # one line for the user, who can do something about it
         write_index_file(tmp_path, history("XYZ", closes=[3.0, 4.0, 5.0]))
+    assert str(caught.value) == f"data directory {tmp_path}: cannot write XYZ.csv in it: No space left on device"
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
