@@ -272,6 +272,26 @@ def test_import_replaces_existing_file(tmp_path):
     assert [p.name for p in data_dir.iterdir()] == ["X.csv"]
 
 
+def test_reimport_in_another_case_replaces_the_index(tmp_path):
+    data_dir = tmp_path / "data"
+    import_csv(write(tmp_path, "Date,Close\n2024-01-02,10\n", "old.csv"), data_dir, "T1", "Old")
+    report = import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n", "new.csv"), data_dir, "t1", "New")
+    assert report.path == data_dir / "t1.csv" and [p.name for p in data_dir.iterdir()] == ["t1.csv"]
+    history = read_index_file(report.path)
+    assert (history.meta.code, history.meta.name, history.closes.tolist()) == ("t1", "New", [20.0])
+
+
+def test_an_index_reimported_in_another_case_is_one_index_reached_in_any_case(make_client, tmp_path):
+    data_dir = tmp_path / "data"
+    import_csv(write(tmp_path, "Date,Close\n2024-01-02,10\n2024-01-03,11\n", "old.csv"), data_dir, "T1", "Old")
+    import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n2024-01-03,22\n", "new.csv"), data_dir, "t1", "New")
+    client = make_client(data_dir=data_dir)
+    query = '{ indexes { code name } a: yieldThisYear(codes: ["T1"]) { code } b: yieldThisYear(codes: ["t1"]) { code } }'
+    answer = client.post("/graphql", json={"query": query}).json()
+    assert "errors" not in answer, answer
+    assert answer["data"] == {"indexes": [{"code": "t1", "name": "New"}], "a": [{"code": "t1"}], "b": [{"code": "t1"}]}
+
+
 @pytest.mark.parametrize("code", ["", "../x", "a/b", "a\\b", ".hidden", "..", "a b", "x" * 21, "沪深300"])
 def test_invalid_code_rejected(tmp_path, code):
     data_dir = tmp_path / "data"
