@@ -165,6 +165,31 @@ def test_import_into_a_directory_that_cannot_be_created_says_why(prices, tmp_pat
     assert refused(import_into(prices, data_dir), 1) == f"error: data directory {data_dir} cannot be created: {reason}"
 
 
+def test_import_says_what_it_added_and_then_what_it_replaced(prices, tmp_path):
+    data_dir = tmp_path / "data"
+    first = import_into(prices, data_dir, "T1", "Old name")
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    assert first.stdout.splitlines() == [
+        f'added T1 "Old name" (2 rows, 2024-01-02..2024-01-03) as {data_dir / "T1.csv"}',
+        "read column 'Date' as dates (%Y-%m-%d) and 'Close' as closes",
+    ]
+    longer = tmp_path / "longer.csv"
+    longer.write_text("Date,Close\n2024-01-02,10\n2024-01-03,11\n2024-01-03,11\n2024-03-01,12\n")
+    again = import_into(longer, data_dir, "T1", "New name")
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert again.stdout.splitlines() == [
+        (f'replaced T1 "Old name" (2 rows, 2024-01-02..2024-01-03) with "New name" (3 rows, 2024-01-02..2024-03-01) '
+         f'in {data_dir / "T1.csv"}'),
+        "read column 'Date' as dates (%Y-%m-%d) and 'Close' as closes; 1 repeated row dropped",
+    ]
+    other_case = import_into(prices, data_dir, "t1", "CSI 300 (沪深300)")
+    assert other_case.stdout.splitlines()[0] == (
+        f'replaced T1 "New name" (3 rows, 2024-01-02..2024-03-01) with t1 "CSI 300 (沪深300)" (2 rows, 2024-01-02..2024-01-03) '
+        f'in {data_dir / "t1.csv"}'
+    )
+    assert [p.name for p in data_dir.iterdir()] == ["t1.csv"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory: no permission to be denied")
 def test_import_into_an_unwritable_directory_says_permission_denied(prices, tmp_path):
     data_dir = tmp_path / "data"

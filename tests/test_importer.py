@@ -47,6 +47,7 @@ def test_real_layout_imports(tmp_path, file, code, rows, first, last):
     assert report == ImportReport(
         path=tmp_path / f"{code}.csv",
         code=code,
+        name=f"index {code}",
         rows=rows,
         first_date=first,
         last_date=last,
@@ -270,6 +271,25 @@ def test_import_replaces_existing_file(tmp_path):
     history = read_index_file(data_dir / "X.csv")
     assert (history.meta.name, history.meta.source, history.closes.tolist()) == ("New", "imported from new.csv", [20.0])
     assert [p.name for p in data_dir.iterdir()] == ["X.csv"]
+
+
+def test_report_says_what_was_replaced(tmp_path):
+    data_dir = tmp_path / "data"
+    first = import_csv(write(tmp_path, "Date,Close\n2024-01-02,10\n2024-01-03,11\n", "old.csv"), data_dir, "X", " Old ")
+    assert (first.name, first.replaced) == ("Old", None)
+    again = import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n", "new.csv"), data_dir, "X", "New")
+    old = again.replaced
+    assert old is not None and not isinstance(old, DataError)
+    assert (old.meta.name, len(old.closes), old.first_date, old.last_date) == ("Old", 2, dt.date(2024, 1, 2), dt.date(2024, 1, 3))
+
+
+def test_an_unreadable_file_is_replaced_and_reported_as_such(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "X.csv").write_text("not an index file\n")
+    report = import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n"), data_dir, "X", "New")
+    assert isinstance(report.replaced, DataError) and "X.csv, line 1: not a normalized index file" in str(report.replaced)
+    assert read_index_file(data_dir / "X.csv").meta.name == "New"
 
 
 def test_reimport_in_another_case_replaces_the_index(tmp_path):
