@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import logging.config
@@ -112,12 +113,26 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    dropped = f", {report.dropped_duplicates} repeated rows dropped" if report.dropped_duplicates else ""
-    print(
-        f"imported {report.rows} closes of {report.code} ({report.first_date} to {report.last_date}) into {report.path}"
-        f"{dropped}; read column {report.date_column!r} as dates ({report.date_format}) and {report.close_column!r} as closes"
-    )
+    new = _index_summary(report.name, report.rows, report.first_date, report.last_date)
+    old = report.replaced
+    if old is None:
+        print(f"added {report.code} {new} as {report.path}")
+    elif isinstance(old, DataError):
+        print(f"replaced an unreadable file ({old}) with {report.code} {new} in {report.path}")
+    else:
+        # The code is repeated only when it changes case (T1 -> t1).
+        code = "" if old.meta.code == report.code else f"{report.code} "
+        was = _index_summary(old.meta.name, len(old.closes), old.first_date, old.last_date)
+        print(f"replaced {old.meta.code} {was} with {code}{new} in {report.path}")
+    n = report.dropped_duplicates
+    dropped = f"; {n} repeated row{'s' if n > 1 else ''} dropped" if n else ""
+    print(f"read column {report.date_column!r} as dates ({report.date_format}) and {report.close_column!r} as closes{dropped}")
     return 0
+
+
+def _index_summary(name: str, rows: int, first: dt.date, last: dt.date) -> str:
+    """`"CSI 300" (250 rows, 2020-01-02..2020-12-31)`: an index as the import's output shows it."""
+    return f"{json.dumps(name, ensure_ascii=False)} ({rows} rows, {first}..{last})"
 
 
 # --- warm ------------------------------------------------------------------------------------------
@@ -143,11 +158,7 @@ async def _warm_async(settings: Settings) -> int:
     from gql.service import Service
 
     redis_at = f"Redis at {without_password(settings.redis_url)}"
-    try:
-        service = Service(settings)
-    except ValueError as exc:  # redis-py refuses the URL
-        print(f"error: REDIS_URL is not usable: {exc}", file=sys.stderr)
-        return 2
+    service = Service(settings)  # Settings.from_env has checked REDIS_URL, as for every command
     try:
         try:
             await service.load()  # no watcher: the run is over in seconds

@@ -174,6 +174,7 @@ class Settings:
                     parse_time_of_day(value)
                 except ValueError as exc:
                     raise ConfigError(f"{name}: {exc}") from None
+        _check_redis_url(self.redis_url)
 
 
 _ENV_NAMES = {"redis_url": "REDIS_URL"}
@@ -184,6 +185,21 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _check_redis_url(url: str) -> None:
+    """REDIS_URL read by redis-py itself, as the cache will read it: a URL it refuses stops every command here."""
+    import redis.asyncio
+    from redis.exceptions import RedisError
+
+    try:
+        # Parses the URL and builds a connection from it; connects to nothing.
+        redis.asyncio.ConnectionPool.from_url(url).make_connection()
+    except (ValueError, TypeError, RedisError) as exc:  # TypeError: an option redis-py does not know
+        raise ConfigError(
+            f"REDIS_URL is not usable: {exc}; expected e.g. redis://127.0.0.1:6379/0, rediss://HOST:PORT/DB "
+            "or unix:///path/to/redis.sock"
+        ) from None
 
 
 def _read_token_file(path: Path) -> str:

@@ -32,9 +32,19 @@ DEFAULT_INDEXES: tuple[tuple[str, str], ...] = (
     ("000991", "CSI All Share Health Care (全指医药)"),
     ("HSI", "Hang Seng Index (恒生指数)"),
 )
-_DEFAULT_ORDER = {code: i for i, (code, _) in enumerate(DEFAULT_INDEXES)}
-
 SUFFIX = ".csv"
+
+
+def code_key(code: str) -> str:
+    """What two index codes (or their file names) are compared by: codes are one index whatever their case.
+
+    Codes are stored as given and matched ignoring the case of ASCII letters; other text is matched as it
+    is, since str.upper() maps lookalikes such as 'ſ' (long s) onto ASCII letters.
+    """
+    return code.upper() if code.isascii() else code
+
+
+_DEFAULT_ORDER = {code_key(code): i for i, (code, _) in enumerate(DEFAULT_INDEXES)}
 
 
 class DataError(ValueError):
@@ -83,19 +93,38 @@ class IndexHistory:
 
 
 class PriceStore:
-    """The loaded price history of every index, in data-set order, with a version of its content."""
+    """The loaded price history of every index, in data-set order, with a version of its content.
+
+    `store[code]` takes a code as stored (`codes`); `find` takes one in any case.
+    """
 
     def __init__(self, histories: Iterable[IndexHistory]) -> None:
-        ordered = sorted(histories, key=lambda h: (_DEFAULT_ORDER.get(h.meta.code, len(_DEFAULT_ORDER)), h.meta.code))
+        ordered = sorted(
+            histories, key=lambda h: (_DEFAULT_ORDER.get(code_key(h.meta.code), len(_DEFAULT_ORDER)), h.meta.code)
+        )
         if not ordered:
             raise DataError("no index data: the data set is empty")
         self._by_code = {h.meta.code: h for h in ordered}
-        if len(self._by_code) != len(ordered):
-            raise DataError("the data set holds the same index code twice")
+        self._by_key: dict[str, IndexHistory] = {}
+        for history in ordered:
+            other = self._by_key.setdefault(code_key(history.meta.code), history)
+            if other is history:
+                continue
+            if other.meta.code == history.meta.code:
+                raise DataError(f"the data set holds index code {history.meta.code!r} twice")
+            raise DataError(
+                f"the data set holds index codes {other.meta.code!r} and {history.meta.code!r}, which are one code "
+                "(codes are matched ignoring case); keep one of them"
+            )
         self.codes: tuple[str, ...] = tuple(self._by_code)
         self.version = _content_version(ordered)
         self.first_date = min(h.first_date for h in ordered)
         self.last_date = max(h.last_date for h in ordered)
+
+    def find(self, code: str) -> str | None:
+        """The code as stored of the index `code` names in any case, or None when there is none."""
+        history = self._by_key.get(code_key(code))
+        return None if history is None else history.meta.code
 
     def __contains__(self, code: object) -> bool:
         return code in self._by_code
@@ -135,27 +164,74 @@ def index_file(data_dir: Path, code: str) -> Path:
     return data_dir / f"{code}{SUFFIX}"
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data directory (and its parents) unless it is there; DataError saying what is wrong with it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # with exist_ok: something that is not a directory has that name
+        raise DataError(f"data directory {data_dir} is not a directory") from None
+    except OSError as exc:
+        raise DataError(f"data directory {data_dir} cannot be created: {exc.strerror}") from None
+
+
+def index_entries(data_dir: Path) -> list[os.DirEntry]:
+    """The index files in `data_dir`, by name; DataError when it cannot be listed or two of them are one code."""
+    try:
+        with os.scandir(data_dir) as scan:
+            entries = sorted((e for e in scan if is_index_file(e.name)), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"data directory {data_dir}: cannot list it: {exc.strerror}") from None
+    seen: dict[str, str] = {}
+    for entry in entries:
+        other = seen.setdefault(code_key(entry.name), entry.name)
+        if other != entry.name:
+            raise DataError(
+                f"data directory {data_dir} holds {other} and {entry.name}, which are one index (codes are matched "
+                "ignoring case); remove one of them"
+            )
+    return entries
+
+
+def find_index_file(data_dir: Path, code: str) -> Path | None:
+    """The file of index `code` in `data_dir`, whatever the case of its name; None if there is none (or no directory)."""
+    if not data_dir.is_dir():
+        return None
+    key = code_key(index_file(data_dir, code).name)
+    return next((Path(e.path) for e in index_entries(data_dir) if code_key(e.name) == key), None)
+
+
 def write_index_file(data_dir: Path, history: IndexHistory) -> Path:
-    """Write atomically: a reader (or a crash) sees the old file or the new one, never a mix."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Write atomically: a reader (or a crash) sees the old file or the new one, never a mix.
+
+    The file of the same code in another case (T1.csv for code t1) is the one replaced, then renamed to
+    the code as now given: at no moment does the directory hold both, or neither.
+    """
+    make_data_dir(data_dir)
     target = index_file(data_dir, history.meta.code)
+    current = find_index_file(data_dir, history.meta.code) or target
     header = json.dumps(
         {"code": history.meta.code, "name": history.meta.name, "source": history.meta.source}, ensure_ascii=False
     )
     dates = history.closes.index.strftime("%Y-%m-%d")
     lines = [f"# {header}", "date,close"]
     lines += [f"{d},{c!r}" for d, c in zip(dates, history.closes.to_numpy(dtype="float64").tolist(), strict=True)]
-    fd, tmp = tempfile.mkstemp(prefix=f".{history.meta.code}.", suffix=".tmp", dir=data_dir)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{history.meta.code}.", suffix=".tmp", dir=data_dir)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             out.write("\n".join(lines) + "\n")
             out.flush()
             os.fsync(out.fileno())
         # mkstemp makes the file private (0600); the server may run as another user than the import.
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.replace(tmp, current)
+        if current != target:
+            os.rename(current, target)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # e.g. no write permission, a full disk
+            raise DataError(f"data directory {data_dir}: cannot write {target.name} in it: {exc.strerror}") from None
         raise
     return target
 
@@ -194,7 +270,7 @@ def read_stamped(path: Path) -> tuple[IndexHistory, FileStamp]:
         meta = IndexMeta(code=str(header["code"]), name=str(header["name"]), source=str(header["source"]))
     except (ValueError, KeyError, TypeError):
         raise DataError(f"{path}, line 1: header must be JSON with code, name and source") from None
-    if path.name != f"{meta.code}{SUFFIX}":
+    if code_key(path.name) != code_key(f"{meta.code}{SUFFIX}"):  # another case is the same code
         raise DataError(f"{path}: file name does not match its code {meta.code!r}")
     try:
         # Blank lines kept (as empty rows) so that row numbers stay line numbers.

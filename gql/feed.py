@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,14 +67,16 @@ class DataFeed:
         store, error = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_if_changed)
         if error is not None:
             # Once per change of the files: the next attempt waits for them to change again.
-            log.error("data not reloaded from %s, still serving version %s: %s", self.description, self.current.version, error)
+            # The process is named: with several workers each reloads (and logs) for itself.
+            log.error("data not reloaded from %s in process %d, still serving version %s: %s",
+                      self.description, os.getpid(), self.current.version, error)
             self.problem = str(error)
         elif store is not None:
             self.problem = None
             if store.version != self.current.version:
                 self.current = store
-                log.info("data reloaded from %s: version %s, %d indexes, last close %s",
-                         self.description, store.version, len(store), store.last_date)
+                log.info("data reloaded from %s in process %d: version %s, %d indexes, last close %s",
+                         self.description, os.getpid(), store.version, len(store), store.last_date)
         return self.current
 
     def _load_if_changed(self) -> tuple[PriceStore | None, DataError | None]:

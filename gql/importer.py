@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gql.data import DataError, IndexHistory, IndexMeta, make_closes, write_index_file
+from gql.data import DataError, IndexHistory, IndexMeta, find_index_file, make_closes, read_index_file, write_index_file
 
 # Header names the importer recognizes, in order of preference. They are matched after
 # _normalized_name, so `Date`, ` DATE ` and `trade date` match `date` and `trade_date`.
@@ -52,6 +52,7 @@ class ImportReport:
 
     path: Path
     code: str
+    name: str
     rows: int
     first_date: dt.date
     last_date: dt.date
@@ -59,6 +60,9 @@ class ImportReport:
     date_column: str
     close_column: str
     date_format: str
+    # What the file of this code (in whatever case) held before: None for a new index, a DataError
+    # when that file could not be read.
+    replaced: IndexHistory | DataError | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,12 @@ def import_csv(
     # Everything is read and checked before the one atomic write, so a bad file leaves the old data in place.
     parsed = _parse_file(path, date_column=date_column, close_column=close_column, date_format=date_format)
     history = IndexHistory(IndexMeta(code=code, name=name.strip(), source=f"imported from {path.name}"), parsed.closes)
+    replaced = _current(data_dir, code)
     written = write_index_file(data_dir, history)
     return ImportReport(
         path=written,
         code=code,
+        name=history.meta.name,
         rows=len(parsed.closes),
         first_date=history.first_date,
         last_date=history.last_date,
@@ -98,7 +104,19 @@ def import_csv(
         date_column=parsed.date_column,
         close_column=parsed.close_column,
         date_format=parsed.date_format,
+        replaced=replaced,
     )
+
+
+def _current(data_dir: Path, code: str) -> IndexHistory | DataError | None:
+    """What the data directory holds for `code` (in any case) before an import replaces it."""
+    existing = find_index_file(data_dir, code)
+    if existing is None:
+        return None
+    try:
+        return read_index_file(existing)
+    except DataError as exc:  # a broken file is still replaced: the import is how to mend it
+        return exc
 
 
 def parse_closes(

@@ -109,6 +109,11 @@ def logging_config(level: str, json_lines: bool = False) -> dict:
         else {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"}
     )
     handler = {"class": "logging.StreamHandler", "formatter": "default", "filters": ["request_id"]}
+    # watchfiles logs each batch of file changes at INFO ("1 change detected"), a second line for every
+    # data reload, which gql.feed logs itself with what the change did; kept for debug.
+    watch_level = level.upper() if level.lower() == "debug" else logging.getLevelName(
+        max(logging.WARNING, logging.getLevelName(level.upper()))
+    )
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -123,6 +128,7 @@ def logging_config(level: str, json_lines: bool = False) -> dict:
             },
             # gql.access logs one line per request with more in it (id, operation, cache statuses).
             "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
+            "watchfiles": {"level": watch_level},
         },
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gql.data import SUFFIX, DataError, FileStamp, IndexHistory, PriceStore, is_index_file, read_stamped
+from gql.data import SUFFIX, DataError, FileStamp, IndexHistory, PriceStore, index_entries, is_index_file, read_stamped
 from gql.sample import generate_sample
 
 
@@ -15,12 +15,10 @@ def load_directory(data_dir: Path) -> PriceStore:
 
 def _index_files(data_dir: Path) -> list[os.DirEntry]:
     if not data_dir.is_dir():
+        if data_dir.exists():
+            raise DataError(f"data directory {data_dir} is not a directory")
         raise DataError(f"data directory {data_dir} does not exist; create it with `python -m gql import`")
-    try:
-        entries = sorted((e for e in os.scandir(data_dir) if is_index_file(e.name)),
-                         key=lambda e: e.name)
-    except OSError as exc:
-        raise DataError(f"data directory {data_dir}: cannot list it: {exc.strerror}") from None
+    entries = index_entries(data_dir)
     if not entries:
         raise DataError(f"data directory {data_dir} holds no index files ({SUFFIX}); "
                         "add some with `python -m gql import FILE --code CODE --name NAME`")

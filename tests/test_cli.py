@@ -86,6 +86,122 @@ def test_warm_refuses_a_bad_configuration(env, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+# --- bad settings: one line naming the variable, for every command that reads them --------------------
+
+
+def refused(result: subprocess.CompletedProcess, returncode: int) -> str:
+    """The one line a refused command writes to standard error: no traceback, no usage text."""
+    assert result.returncode == returncode, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+BAD_SETTINGS = [
+    ({"REDIS_URL": "bogus://"}, ("error: REDIS_URL is not usable: Redis URL must specify one of the following schemes "
+                                 "(redis://, rediss://, unix://); expected e.g. redis://127.0.0.1:6379/0")),
+    ({"REDIS_URL": "redis://127.0.0.1:99999/0"}, "error: REDIS_URL is not usable: Port out of range 0-65535"),
+    ({"REDIS_URL": "redis://127.0.0.1:6379/0?no_such_option=1"}, "error: REDIS_URL is not usable: "),
+    ({"GQL_PORT": "eighty"}, "error: GQL_PORT='eighty' is not valid: expected a whole number"),
+    ({"GQL_MAX_DEPTH": "1.5"}, "error: GQL_MAX_DEPTH='1.5' is not valid: expected a whole number"),
+    ({"GQL_REDIS_TIMEOUT": "fast"}, "error: GQL_REDIS_TIMEOUT='fast' is not valid: expected a finite number"),
+    ({"GQL_REDIS_BREAKER_FAILURES": "0"}, "error: GQL_REDIS_BREAKER_FAILURES must be at least 1"),
+    ({"GQL_LOG_LEVEL": "loud"}, "error: GQL_LOG_LEVEL must be one of critical, error, warning, info, debug"),
+    ({"GQL_DATA_DIR": "/nonexistent/gql-data"}, "error: data directory /nonexistent/gql-data does not exist"),
+]
+
+
+@pytest.mark.parametrize(("env", "message"), BAD_SETTINGS)
+def test_serve_refuses_a_bad_setting_in_one_line(env, message):
+    result = gql("serve", "--port", str(free_port()), env=env, timeout=60)
+    assert refused(result, 2).startswith(message)
+
+
+def test_serve_says_when_the_data_directory_is_a_file(tmp_path):
+    regular = tmp_path / "data"
+    regular.write_text("not a directory\n")
+    result = gql("serve", "--port", str(free_port()), env={"GQL_DATA_DIR": str(regular)}, timeout=60)
+    assert refused(result, 2) == f"error: data directory {regular} is not a directory"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("serve", "--port", "1"), ("warm",), ("export-schema",), ("import", "prices.csv", "--code", "X", "--name", "X")],
+)
+def test_every_command_reading_settings_refuses_a_bad_redis_url_alike(command):
+    assert refused(gql(*command, env={"REDIS_URL": "bogus://"}, timeout=60), 2).startswith("error: REDIS_URL is not usable: ")
+
+
+# --- import: what is wrong with the data directory, in one line -------------------------------------
+
+
+@pytest.fixture
+def prices(tmp_path: Path) -> Path:
+    path = tmp_path / "prices.csv"
+    path.write_text("Date,Close\n2024-01-02,10\n2024-01-03,11\n")
+    return path
+
+
+def import_into(prices: Path, data_dir: Path | str, code: str = "T1", name: str = "Test index") -> subprocess.CompletedProcess:
+    return gql("import", str(prices), "--code", code, "--name", name, "--data-dir", str(data_dir), timeout=60)
+
+
+def test_import_into_a_regular_file_says_it_is_not_a_directory(prices, tmp_path):
+    regular = tmp_path / "data"
+    regular.write_text("not a directory\n")
+    assert refused(import_into(prices, regular), 1) == f"error: data directory {regular} is not a directory"
+    assert regular.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [("/proc/nope", "No such file or directory"), ("{file}/sub", "Not a directory")],
+)
+def test_import_into_a_directory_that_cannot_be_created_says_why(prices, tmp_path, where, reason):
+    regular = tmp_path / "file"
+    regular.write_text("")
+    data_dir = where.format(file=regular)
+    assert refused(import_into(prices, data_dir), 1) == f"error: data directory {data_dir} cannot be created: {reason}"
+
+
+def test_import_says_what_it_added_and_then_what_it_replaced(prices, tmp_path):
+    data_dir = tmp_path / "data"
+    first = import_into(prices, data_dir, "T1", "Old name")
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    assert first.stdout.splitlines() == [
+        f'added T1 "Old name" (2 rows, 2024-01-02..2024-01-03) as {data_dir / "T1.csv"}',
+        "read column 'Date' as dates (%Y-%m-%d) and 'Close' as closes",
+    ]
+    longer = tmp_path / "longer.csv"
+    longer.write_text("Date,Close\n2024-01-02,10\n2024-01-03,11\n2024-01-03,11\n2024-03-01,12\n")
+    again = import_into(longer, data_dir, "T1", "New name")
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert again.stdout.splitlines() == [
+        (f'replaced T1 "Old name" (2 rows, 2024-01-02..2024-01-03) with "New name" (3 rows, 2024-01-02..2024-03-01) '
+         f'in {data_dir / "T1.csv"}'),
+        "read column 'Date' as dates (%Y-%m-%d) and 'Close' as closes; 1 repeated row dropped",
+    ]
+    other_case = import_into(prices, data_dir, "t1", "CSI 300 (沪深300)")
+    assert other_case.stdout.splitlines()[0] == (
+        f'replaced T1 "New name" (3 rows, 2024-01-02..2024-03-01) with t1 "CSI 300 (沪深300)" (2 rows, 2024-01-02..2024-01-03) '
+        f'in {data_dir / "t1.csv"}'
+    )
+    assert [p.name for p in data_dir.iterdir()] == ["t1.csv"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory: no permission to be denied")
+def test_import_into_an_unwritable_directory_says_permission_denied(prices, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o555)
+    try:
+        line = refused(import_into(prices, data_dir), 1)
+    finally:
+        data_dir.chmod(0o755)
+    assert line == f"error: data directory {data_dir}: cannot write T1.csv in it: Permission denied"
+    assert list(data_dir.iterdir()) == []
+
+
 # --- refresh -----------------------------------------------------------------------------------------
 
 

@@ -213,6 +213,7 @@ def test_range_messages_say_what_is_allowed():
         {"local_cache_entries": -1},
         {"compute_threads": 0},
         {"cache_prefix": ""},
+        {"redis_url": "bogus://"},
     ],
 )
 def test_validate_rejects_settings_built_in_code(changes: dict):
@@ -238,3 +239,38 @@ def test_every_setting_is_in_the_readme_table_and_in_the_configuration_docs():
         name = _ENV_NAMES.get(field.name, "GQL_" + field.name.upper())
         assert f"| `{name}` |" in table, f"{name} is missing from the README's configuration table"
         assert f"| `{name}` |" in docs, f"{name} is missing from docs/configuration.md"
+
+
+# --- REDIS_URL: read by redis-py, as the cache reads it ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("bogus://", "must specify one of the following schemes (redis://, rediss://, unix://)"),
+        ("http://127.0.0.1:6379", "must specify one of the following schemes"),
+        ("redis://127.0.0.1:99999/0", "Port out of range"),
+        ("redis://127.0.0.1:port/0", "Port could not be cast to integer"),
+        ("redis://127.0.0.1/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("redis://127.0.0.1/0?no_such_option=1", "no_such_option"),
+    ],
+)
+def test_unusable_redis_url_is_refused_naming_the_variable(raw: str, problem: str):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"REDIS_URL": raw})
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL is not usable: ") and problem in message
+    assert "expected e.g. redis://127.0.0.1:6379/0" in message
+
+
+def test_unusable_redis_url_message_never_shows_the_password():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"REDIS_URL": "redis://user:s3cret-pw@127.0.0.1:99999/0"})
+    assert "s3cret-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "raw", ["redis://127.0.0.1:6379/0", "redis://:pw@cache.internal:6380/2", "rediss://cache:6379/0", "unix:///run/redis.sock"]
+)
+def test_usable_redis_urls_are_accepted(raw: str):
+    assert Settings.from_env({"REDIS_URL": raw}).redis_url == raw

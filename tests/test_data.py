@@ -106,6 +106,20 @@ def test_duplicate_codes_are_an_error():
         PriceStore([history("000300"), history("XYZ"), history("000300", closes=[5.0])])
 
 
+def test_codes_that_differ_only_in_case_are_an_error():
+    with pytest.raises(DataError) as caught:
+        PriceStore([history("T1"), history("XYZ"), history("t1", closes=[5.0])])
+    assert str(caught.value) == (
+        "the data set holds index codes 'T1' and 't1', which are one code (codes are matched ignoring case); keep one of them"
+    )
+
+
+def test_find_takes_a_code_in_any_case_and_gives_it_as_stored():
+    store = PriceStore([history("HSI"), history("sh000300.SH")])
+    assert [store.find(c) for c in ("HSI", "hsi", "Hsi", "SH000300.sh")] == ["HSI", "HSI", "HSI", "sh000300.SH"]
+    assert [store.find(c) for c in ("NOPE", "hſi", "HSı", "")] == [None, None, None, None]  # lookalikes are not letters
+
+
 def test_first_and_last_date_span_every_index():
     early = history("AAA", closes=[1.0, 2.0], dates=["2020-03-02", "2020-03-03"])
     late = history("BBB", closes=[1.0, 2.0, 3.0], dates=["2021-06-01", "2021-06-02", "2024-12-31"])
@@ -217,8 +231,9 @@ def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path: Path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, failing, fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DataError) as caught:  # one line for the user, who can do something about it
         write_index_file(tmp_path, history("XYZ", closes=[3.0, 4.0, 5.0]))
+    assert str(caught.value) == f"data directory {tmp_path}: cannot write XYZ.csv in it: No space left on device"
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
@@ -355,6 +370,33 @@ def test_load_directory_reads_index_files_and_ignores_the_rest(tmp_path: Path):
     assert store.codes == ("000905", "XYZ")
     assert store["XYZ"].closes.tolist() == [1.0, 2.0]
     assert load_store(tmp_path).version == store.version
+
+
+def test_two_files_of_one_code_in_different_cases_fail_the_load(tmp_path: Path):
+    """A data directory written by hand with T1.csv and t1.csv: refused, naming both files."""
+    write_index_file(tmp_path, history("XYZ"))
+    write_raw(tmp_path, "T1", "date,close\n2024-01-02,1.0\n")
+    write_raw(tmp_path, "t1", "date,close\n2024-01-02,2.0\n")
+    with pytest.raises(DataError) as caught:
+        load_directory(tmp_path)
+    assert str(caught.value) == (
+        f"data directory {tmp_path} holds T1.csv and t1.csv, which are one index (codes are matched ignoring case); "
+        "remove one of them"
+    )
+
+
+def test_writing_a_code_in_another_case_replaces_its_file_and_takes_the_new_spelling(tmp_path: Path):
+    write_index_file(tmp_path, history("T1", closes=[1.0, 2.0]))
+    path = write_index_file(tmp_path, history("t1", closes=[3.0]))
+    assert path == tmp_path / "t1.csv" and sorted(p.name for p in tmp_path.iterdir()) == ["t1.csv"]
+    assert load_directory(tmp_path).codes == ("t1",)
+
+
+def test_a_file_named_in_another_case_than_its_code_is_read(tmp_path: Path):
+    """What the directory holds for a moment while t1 replaces T1.csv (then renames it): a good file."""
+    path = write_raw(tmp_path, "T1", "date,close\n2024-01-02,1.0\n", header=HEADER % "t1")
+    assert read_index_file(path).meta.code == "t1"
+    assert load_directory(tmp_path).codes == ("t1",)
 
 
 def test_one_bad_file_fails_the_whole_load(tmp_path: Path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import gql.data
 import gql.sources
 from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
 from gql.execution import Operation
-from gql.feed import DataFeed
+from gql.feed import WATCH_DEBOUNCE_MS, DataFeed
 from gql.sources import PriceSource
 from gql.versions import CODE_VERSION, code_version
 from gql.workers import Job, QueryWorkers
@@ -123,6 +125,56 @@ def test_the_feed_follows_the_files_by_itself(data_dir):
             await feed.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("code", ["AAA", "aaa"], ids=["same-case", "other-case"])
+def test_one_change_is_logged_once(data_dir, caplog, code):
+    """One import, one 'data reloaded' record, however many batches of file events it makes (an import
+    in another case replaces AAA.csv, then renames it) and whoever looks again."""
+
+    async def scenario() -> None:
+        feed = await DataFeed.open(data_dir)
+        feed.start()
+        try:
+            await asyncio.sleep(0.2)  # the watcher is set up
+            first = feed.current
+            write(data_dir, code, 130.0, days=3)
+            for _ in range(500):
+                if feed.current is not first:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(3 * WATCH_DEBOUNCE_MS / 1000)  # time for any further batch of events
+            await feed.sync()  # a request or a refresh looking again
+        finally:
+            await feed.close()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(scenario())
+    reloaded = [r.getMessage() for r in caplog.records if "data reloaded" in r.getMessage()]
+    assert len(reloaded) == 1, reloaded
+    assert reloaded[0].startswith(f"data reloaded from {data_dir} in process {os.getpid()}: version ")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_server_logs_one_line_per_change_and_process(redis_server, data_dir, tmp_path, workers):
+    """As an operator sees it: `python -m gql serve` at GQL_LOG_LEVEL=info writes one line for an import
+    in each worker process, which names it (each loads the data for itself), and no watchfiles line
+    ('1 change detected') besides."""
+    import httpx2
+
+    log = tmp_path / "serve.log"
+    with running_server(redis_server.url, "--workers", str(workers), log=log, GQL_DATA_DIR=str(data_dir),
+                        GQL_LOG_LEVEL="info") as base:
+        before = httpx2.get(f"{base}/healthz").json()["data"]["version"]
+        write(data_dir, "BBB", 125.0, days=3)
+        wait_until(lambda: len(re.findall("data reloaded", log.read_text())) >= workers, "every worker reloads")
+        time.sleep(3 * WATCH_DEBOUNCE_MS / 1000)
+        assert httpx2.get(f"{base}/healthz").json()["data"]["version"] != before
+    lines = log.read_text().splitlines()
+    processes = [m.group(1) for line in lines if (m := re.search(r"data reloaded from .* in process (\d+):", line))]
+    assert len(processes) == len(set(processes)) == workers, lines
+    assert [line for line in lines if "watchfiles" in line] == []
 
 
 def test_without_the_watcher_data_is_picked_up_by_a_refresh_only(make_client, data_dir):

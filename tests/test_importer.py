@@ -47,6 +47,7 @@ def test_real_layout_imports(tmp_path, file, code, rows, first, last):
     assert report == ImportReport(
         path=tmp_path / f"{code}.csv",
         code=code,
+        name=f"index {code}",
         rows=rows,
         first_date=first,
         last_date=last,
@@ -270,6 +271,45 @@ def test_import_replaces_existing_file(tmp_path):
     history = read_index_file(data_dir / "X.csv")
     assert (history.meta.name, history.meta.source, history.closes.tolist()) == ("New", "imported from new.csv", [20.0])
     assert [p.name for p in data_dir.iterdir()] == ["X.csv"]
+
+
+def test_report_says_what_was_replaced(tmp_path):
+    data_dir = tmp_path / "data"
+    first = import_csv(write(tmp_path, "Date,Close\n2024-01-02,10\n2024-01-03,11\n", "old.csv"), data_dir, "X", " Old ")
+    assert (first.name, first.replaced) == ("Old", None)
+    again = import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n", "new.csv"), data_dir, "X", "New")
+    old = again.replaced
+    assert old is not None and not isinstance(old, DataError)
+    assert (old.meta.name, len(old.closes), old.first_date, old.last_date) == ("Old", 2, dt.date(2024, 1, 2), dt.date(2024, 1, 3))
+
+
+def test_an_unreadable_file_is_replaced_and_reported_as_such(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "X.csv").write_text("not an index file\n")
+    report = import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n"), data_dir, "X", "New")
+    assert isinstance(report.replaced, DataError) and "X.csv, line 1: not a normalized index file" in str(report.replaced)
+    assert read_index_file(data_dir / "X.csv").meta.name == "New"
+
+
+def test_reimport_in_another_case_replaces_the_index(tmp_path):
+    data_dir = tmp_path / "data"
+    import_csv(write(tmp_path, "Date,Close\n2024-01-02,10\n", "old.csv"), data_dir, "T1", "Old")
+    report = import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n", "new.csv"), data_dir, "t1", "New")
+    assert report.path == data_dir / "t1.csv" and [p.name for p in data_dir.iterdir()] == ["t1.csv"]
+    history = read_index_file(report.path)
+    assert (history.meta.code, history.meta.name, history.closes.tolist()) == ("t1", "New", [20.0])
+
+
+def test_an_index_reimported_in_another_case_is_one_index_reached_in_any_case(make_client, tmp_path):
+    data_dir = tmp_path / "data"
+    import_csv(write(tmp_path, "Date,Close\n2024-01-02,10\n2024-01-03,11\n", "old.csv"), data_dir, "T1", "Old")
+    import_csv(write(tmp_path, "Date,Close\n2024-01-02,20\n2024-01-03,22\n", "new.csv"), data_dir, "t1", "New")
+    client = make_client(data_dir=data_dir)
+    query = '{ indexes { code name } a: yieldThisYear(codes: ["T1"]) { code } b: yieldThisYear(codes: ["t1"]) { code } }'
+    answer = client.post("/graphql", json={"query": query}).json()
+    assert "errors" not in answer, answer
+    assert answer["data"] == {"indexes": [{"code": "t1", "name": "New"}], "a": [{"code": "t1"}], "b": [{"code": "t1"}]}
 
 
 @pytest.mark.parametrize("code", ["", "../x", "a/b", "a\\b", ".hidden", "..", "a b", "x" * 21, "沪深300"])

@@ -17,12 +17,9 @@ def resolve_codes(store: PriceStore, codes: Sequence[str] | None, max_codes: int
         raise UserInputError("codes is an empty list; pass null (or leave it out) for all indexes, or name some")
     if len(codes) > max_codes:
         raise UserInputError(f"{len(codes)} codes asked for; the limit is {max_codes} per field")
-    known = {code.upper(): code for code in store.codes}
     resolved, unknown, seen = [], [], set()
     for raw in codes:
-        # ASCII only: str.upper() maps lookalikes such as 'ſ' (long s) onto ASCII letters.
-        typed = raw.strip()
-        code = known.get(typed.upper()) if typed.isascii() else None
+        code = store.find(raw.strip())  # in any case (ASCII letters only: see gql.data.code_key)
         if code is None:
             unknown.append(raw)
         elif code in seen:
