@@ -190,16 +190,16 @@ def test_import_says_what_it_added_and_then_what_it_replaced(prices, tmp_path):
     assert [p.name for p in data_dir.iterdir()] == ["t1.csv"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory: no permission to be denied")
-def test_import_into_an_unwritable_directory_says_permission_denied(prices, tmp_path):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir(mode=0o555)
-    try:
-        line = refused(import_into(prices, data_dir), 1)
-    finally:
-        data_dir.chmod(0o755)
-    assert line == f"error: data directory {data_dir}: cannot write T1.csv in it: Permission denied"
-    assert list(data_dir.iterdir()) == []
+def test_import_into_an_unwritable_directory_says_why(prices):
+    # A directory no one may create files in, root included (the suite runs as root in CI: a chmod would not do).
+    data_dir = Path("/sys/kernel")
+    before = sorted(p.name for p in data_dir.iterdir())
+    line = refused(import_into(prices, data_dir), 1)
+    assert line.startswith("error: data directory /sys/kernel: cannot write T1.csv in it: ")
+    assert line.removeprefix("error: data directory /sys/kernel: cannot write T1.csv in it: ") in {
+        "Permission denied", "Operation not permitted", "Read-only file system", "No such file or directory",
+    }
+    assert sorted(p.name for p in data_dir.iterdir()) == before
 
 
 # --- refresh -----------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_import_then_serve_real_layouts(tmp_path):
             cwd=ROOT, capture_output=True, text=True,
         )
         assert result.returncode == 0, result.stderr
-        assert f"of {code}" in result.stdout
+        assert result.stdout.startswith(f'added {code} "{name}" (')
     bad = tmp_path / "bad.csv"
     bad.write_text("date,close\n2020-01-02,1\n2020-01-02,2\n")
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.csv") if p != bad}
