@@ -553,6 +553,19 @@
     $("#chart-area").setAttribute("aria-busy", value === "loading" ? "true" : "false");
   }
 
+  // Nothing to ask the API for: say why instead of a chart (the legend still lists the indexes without data).
+  function showNoChart(text) {
+    state.chart = null;
+    hideError("#chart-error");
+    const hint = document.createElement("p");
+    hint.className = "placeholder";
+    hint.textContent = text;
+    $("#chart-area").replaceChildren(hint);
+    $("#chart-cache").replaceChildren();
+    renderChart();
+    setChartState("empty");
+  }
+
   async function loadChart() {
     const seq = ++state.chartSeq;
     const section = $("#chart");
@@ -566,15 +579,7 @@
     const codes = state.indexes.map((i) => i.code).filter((code) => state.selected.has(code));
     state.without = [];
     if (!codes.length) {
-      state.chart = null;
-      hideError("#chart-error");
-      const hint = document.createElement("p");
-      hint.className = "placeholder";
-      hint.textContent = "Select at least one index to draw the chart.";
-      $("#chart-area").replaceChildren(hint);
-      $("#chart-cache").replaceChildren();
-      renderChart();
-      setChartState("empty");
+      showNoChart("Select at least one index to draw the chart.");
       return;
     }
     setChartState("loading");
@@ -587,15 +592,7 @@
     const charted = codes.filter((code) => !periodStart || byCode.get(code).lastDate >= periodStart);
     state.without = codes.filter((code) => !charted.includes(code)).map((code) => byCode.get(code));
     if (!charted.length) {
-      state.chart = null;
-      hideError("#chart-error");
-      const none = document.createElement("p");
-      none.className = "placeholder";
-      none.textContent = "No prices in this range for the selected indexes.";
-      $("#chart-area").replaceChildren(none);
-      $("#chart-cache").replaceChildren();
-      renderChart();
-      setChartState("empty");
+      showNoChart("No prices in this range for the selected indexes.");
       return;
     }
     const variables = { codes: charted, start: chartStart(charted, periodStart), frequency: state.frequency };
