@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 import httpx2
 import pytest
 
+from gql.app import create_app
 from tests.support.browser import Chromium, screenshot
 from tests.support.realdata import import_real
-from tests.support.servers import running_server
+from tests.support.servers import prefixed, running_server, serving
 
 TOKEN = "dashboard-token"
 DEFAULT_CODES = ["000300", "000905", "HSI"]
@@ -44,14 +45,14 @@ class Visit:
     errors: list[str] = field(default_factory=list)
     _context: object = None
 
-    def open(self):
+    def open(self, path: str = "/"):
         self._context = self.chromium.browser().new_context(viewport={"width": 1280, "height": 800})
         page = self.page = self._context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.on("request", lambda request: self.requests.append(request.url))
         page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-        page.goto(f"{self.base}/")
+        page.goto(f"{self.base}{path}")
         wait_ready(page)
         return page
 
@@ -303,6 +304,22 @@ def test_on_the_real_data_the_first_view_shows_what_it_can_per_index(chromium, r
         visit.assert_clean()
     finally:
         visit.close()
+
+
+def test_the_dashboard_works_under_a_path_prefix(chromium, settings):
+    # Every URL of the page is relative: mounted under /api (a bigger app, uvicorn --root-path, a proxy),
+    # it loads its files and asks /api/graphql.
+    with serving(prefixed(create_app(settings), "/api")) as base:
+        visit = Visit(chromium, base)
+        try:
+            page = visit.open("/api/")
+            assert page.locator("#chart svg polyline").count() == len(DEFAULT_CODES)
+            paths = [urlsplit(url).path for url in visit.requests]
+            assert "/api/graphql" in paths and "/api/static/dashboard.js" in paths
+            assert all(path.startswith("/api/") for path in paths), paths
+            visit.assert_clean()
+        finally:
+            visit.close()
 
 
 def test_refresh_cache_needs_the_admin_token(visit):

@@ -7,14 +7,11 @@ GraphiQL's editor, run it, and read the answer in its result pane, as a person d
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import threading
-import time
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from importlib import resources
@@ -22,15 +19,12 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from gql.app import create_app
 from gql.graphiql import GRAPHIQL_DIR, IMMUTABLE, PAGE
 from tests.support.browser import Chromium, screenshot
-from tests.support.servers import free_port, running_server
+from tests.support.servers import prefixed, running_server, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = {"Accept": "text/html"}
@@ -65,17 +59,6 @@ def references(html: str) -> list[str]:
     parser = _References()
     parser.feed(html)
     return parser.urls
-
-
-def prefixed(app: Starlette, prefix: str) -> Starlette:
-    """`app` mounted under `prefix`, as a bigger app or `uvicorn --root-path` serves it (the app's own lifespan runs)."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with app.router.lifespan_context(app):
-            yield
-
-    return Starlette(routes=[Mount(prefix, app=app)], lifespan=lifespan)
 
 
 # --- the files ----------------------------------------------------------------------------------------
@@ -283,24 +266,6 @@ def test_graphiql_runs_a_typed_query_with_no_internet(visit, server):
     # And the guard does block: a request to another host fails in the page and is recorded.
     outcome = page.evaluate("() => fetch('https://unpkg.com/graphiql/graphiql.min.js').then(() => 'loaded', () => 'failed')")
     assert outcome == "failed" and offline.blocked == ["https://unpkg.com/graphiql/graphiql.min.js"]
-
-
-@contextlib.contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    """`app` served by uvicorn in this process (a thread of its own) on a free port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_graphiql_under_a_path_prefix_in_the_browser(visit, settings):

@@ -56,7 +56,8 @@
   async function graphql(query, variables, headers) {
     let response;
     try {
-      response = await fetch("/graphql", {
+      // Relative: the page works under a path prefix or behind a proxy that mounts the service elsewhere.
+      response = await fetch("graphql", {
         method: "POST",
         headers: { "content-type": "application/json", ...(headers || {}) },
         body: JSON.stringify({ query, variables: variables || {} }),

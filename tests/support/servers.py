@@ -1,4 +1,5 @@
-"""Processes of the suite's own: redis-server on a free port, and `python -m gql serve` as a user runs it."""
+"""Servers of the suite's own: redis-server on a free port, `python -m gql serve` as a user runs it, and an
+app served by uvicorn in the test's process (to mount it under a path prefix, say)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
 import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -153,3 +158,35 @@ def running_server(redis_url: str, *args: str, log: Path | None = None, **env: s
     finally:
         server.terminate()
         server.reap()
+
+
+# --- the app in this process, over real HTTP ---------------------------------------------------------
+
+
+def prefixed(app: Starlette, prefix: str) -> Starlette:
+    """`app` mounted under `prefix`, as a bigger app or `uvicorn --root-path` serves it (the app's own lifespan runs)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with app.router.lifespan_context(app):
+            yield
+
+    return Starlette(routes=[Mount(prefix, app=app)], lifespan=lifespan)
+
+
+@contextlib.contextmanager
+def serving(app: Starlette) -> Iterator[str]:
+    """`app` served by uvicorn in this process (a thread of its own) on a free port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
