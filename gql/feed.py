@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from gql.data import DataError, PriceStore, is_index_file
@@ -34,6 +36,22 @@ DATA_EPOCH = "data"
 # The watcher reports a batch of changes once no new one came for STEP ms, or after DEBOUNCE ms at most.
 WATCH_STEP_MS = 30
 WATCH_DEBOUNCE_MS = 200
+
+
+@dataclass(frozen=True)
+class DataChange:
+    """A new data version this process answers from, as subscribers hear of it."""
+
+    version: str
+    previous: str
+    codes: tuple[str, ...]  # indexes added, removed or changed, in data-set order (removed ones last)
+    last_date: str
+
+    @classmethod
+    def between(cls, old: PriceStore, new: PriceStore) -> DataChange:
+        changed = [c for c in new.codes if c not in old or old[c].digest != new[c].digest]
+        removed = [c for c in old.codes if c not in new]
+        return cls(new.version, old.version, tuple(changed + removed), new.last_date.isoformat())
 
 
 def _index_file_changed(_change: object, path: str) -> bool:
@@ -51,6 +69,7 @@ class DataFeed:
         self._epoch: int | None = None
         self._stop: asyncio.Event | None = None
         self._watcher: asyncio.Task | None = None
+        self._listeners: set[asyncio.Queue[DataChange]] = set()
 
     @classmethod
     async def open(cls, data_dir: Path | None) -> DataFeed:
@@ -74,7 +93,10 @@ class DataFeed:
         elif store is not None:
             self.problem = None
             if store.version != self.current.version:
+                change = DataChange.between(self.current, store)
                 self.current = store
+                for queue in self._listeners:
+                    queue.put_nowait(change)
                 log.info("data reloaded from %s in process %d: version %s, %d indexes, last close %s",
                          self.description, os.getpid(), store.version, len(store), store.last_date)
         return self.current
@@ -86,6 +108,16 @@ class DataFeed:
             return self.source.reload(), None
         except DataError as exc:
             return None, exc
+
+    async def changes(self) -> AsyncIterator[DataChange]:
+        """Every new data version of this process from now on, as it is taken up (for subscriptions)."""
+        queue: asyncio.Queue[DataChange] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.discard(queue)
 
     async def catch_up(self, epoch: int) -> PriceStore:
         """The snapshot to answer from, given the fleet's data epoch as just read from Redis."""

@@ -333,3 +333,30 @@ def test_entries_of_other_code_are_never_served(make_client, monkeypatch):
     assert statuses(post(client, YIELD)) == ["HIT"]
     monkeypatch.undo()
     assert statuses(post(client, YIELD)) == ["MISS"]
+
+
+@pytest.mark.anyio
+async def test_subscribers_hear_each_new_version_with_the_codes_it_changed(tmp_path):
+    from gql.feed import DataFeed
+    from gql.importer import import_csv
+
+    prices = tmp_path / "prices.csv"
+    prices.write_text("date,close\n2024-01-02,1\n2024-01-03,2\n")
+    data = tmp_path / "data"
+    import_csv(prices, data, "A", "Alpha")
+    import_csv(prices, data, "B", "Beta")
+    feed = await DataFeed.open(data)
+    try:
+        changes = feed.changes()
+        heard = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0)  # the subscriber is listening before the change
+        prices.write_text("date,close\n2024-01-02,1\n2024-01-03,2\n2024-01-04,3\n")
+        import_csv(prices, data, "B", "Beta")
+        before = feed.current.version
+        await feed.sync()
+        change = await asyncio.wait_for(heard, 5)
+        assert (change.previous, change.version, change.codes, change.last_date) == (before, feed.current.version, ("B",), "2024-01-04")
+        await changes.aclose()
+        assert not feed._listeners
+    finally:
+        await feed.close()
