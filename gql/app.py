@@ -27,6 +27,7 @@ from strawberry.asgi import GraphQL
 from gql import __version__
 from gql.cache import CacheState
 from gql.config import Settings
+from gql.data import SourceUnavailable
 from gql.encoding import dumps
 from gql.graphiql import GraphiQLFiles, graphiql_html
 from gql.logs import install_record_factory
@@ -75,31 +76,60 @@ def create_app(settings: Settings | None = None) -> Starlette:
     graphql_app = _GraphQLApp(service, graphql_ide="graphiql" if settings.graphiql else None)
     graphql = ResponseCacheApp(graphql_app, graphql_app.schema, service, workers=workers)
 
+    async def started(app: Starlette, tasks: list[asyncio.Task]) -> None:
+        """What follows loading the data: Redis, warming, the workers, the schedule, following the source."""
+        app.state.service = service
+        app.state.responses = graphql
+        cache = service.cache
+        state = await cache.check()
+        await cache.warm()
+        # The loaded data and the imported modules are long-lived: keep them out of the collector's
+        # full passes, which otherwise pause a busy server for tens of milliseconds (Python's gc.freeze).
+        gc.collect()
+        gc.freeze()
+        if workers is not None:
+            await workers.warm()
+        if settings.refresh_at:
+            tasks.append(asyncio.create_task(_scheduled_refresh(service)))
+        if settings.data_watch:
+            service.data.start()
+        data = service.data
+        log.info(
+            "serving %d indexes from %s (data version %s); cache %s",
+            len(data.current), data.description, data.current.version, state.value,
+        )
+
+    async def load_later(app: Starlette, tasks: list[asyncio.Task]) -> None:
+        """The source is away at start (a database): retry with backoff; /readyz says why until it loads."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            try:
+                await service.load()
+            except SourceUnavailable as exc:
+                if str(exc) != app.state.starting:
+                    log.error("data not loaded yet, retrying every %.0f s at most: %s", 30.0, exc)
+                app.state.starting = str(exc)
+                continue
+            app.state.starting = None
+            await started(app, tasks)
+            return
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks: list[asyncio.Task] = []
+        app.state.starting = "starting: the data is not loaded yet"
         try:
-            await service.load()
-            app.state.service = service
-            app.state.responses = graphql
-            cache = service.cache
-            state = await cache.check()
-            await cache.warm()
-            # The loaded data and the imported modules are long-lived: keep them out of the collector's
-            # full passes, which otherwise pause a busy server for tens of milliseconds (Python's gc.freeze).
-            gc.collect()
-            gc.freeze()
-            if workers is not None:
-                await workers.warm()
-            if settings.refresh_at:
-                tasks.append(asyncio.create_task(_scheduled_refresh(service)))
-            if settings.data_watch:
-                service.data.start()
-            data = service.data
-            log.info(
-                "serving %d indexes from %s (data version %s); cache %s",
-                len(data.current), data.description, data.current.version, state.value,
-            )
+            try:
+                await service.load()
+            except SourceUnavailable as exc:  # files and the sample fail the start; a database is waited for
+                log.error("data not loaded, retrying with backoff (/readyz answers 503 until then): %s", exc)
+                app.state.starting = str(exc)
+                tasks.append(asyncio.create_task(load_later(app, tasks), name="gql-load-later"))
+            else:
+                app.state.starting = None
+                await started(app, tasks)
             yield
         finally:
             for task in tasks:
@@ -110,13 +140,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await service.close()
 
     async def healthz(request: Request) -> JSONResponse:
-        service: Service = request.app.state.service
+        service: Service | None = getattr(request.app.state, "service", None)
+        if service is None:
+            reason = getattr(request.app.state, "starting", None) or "starting: the data is not loaded yet"
+            return JSONResponse({"status": "starting", "process": os.getpid(), "data": {"state": "unavailable", "problem": reason}},
+                                status_code=503, headers={"retry-after": "5"})
         state = await service.cache.check()
         data = service.data
         store = data.current
+        # A database that went away: answers go on from the last snapshot, and this says so.
+        source_state = "degraded" if data.problem and data.follows_a_database else "ok"
         return JSONResponse(
             {
-                "status": "ok" if state is not CacheState.DEGRADED else "degraded",
+                "status": "ok" if state is not CacheState.DEGRADED and source_state == "ok" else "degraded",
                 "version": __version__,
                 "process": os.getpid(),
                 "cache": {
@@ -128,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     }[state],
                 },
                 "data": {
+                    "state": source_state,
                     "source": data.description,
                     "version": store.version,
                     "indexes": len(store),
@@ -143,7 +180,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         """Ready once the data is loaded; Redis being away makes the cache degraded, not the service unready."""
         service: Service | None = getattr(request.app.state, "service", None)
         if service is None:
-            return JSONResponse({"ready": False, "reason": "starting: the data is not loaded yet"}, status_code=503)
+            reason = getattr(request.app.state, "starting", None) or "starting: the data is not loaded yet"
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"retry-after": "5"})
         state = await service.cache.check()
         store = service.data.current
         return JSONResponse({

@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 from gql.config import ConfigError, Settings, without_password
@@ -58,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     refresh.add_argument("--token", help="admin token (prefer GQL_ADMIN_TOKEN or GQL_ADMIN_TOKEN_FILE: arguments show in ps)")
     refresh.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer (default: 300)")
 
+    db = commands.add_parser("db", help="the database source (GQL_DATABASE_URL)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser(
+        "init", help="create the tables and the change tracking (idempotent)",
+        description="Create market_index, index_close and this service's change tracking (a version row, a change log "
+        "and triggers) in the database GQL_DATABASE_URL names, where they are missing. Safe to run again.",
+    )
+
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", type=Path, help="write to this file instead of standard output")
 
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    handlers = {"serve": _serve, "import": _import, "warm": _warm, "export-schema": _export_schema}
+    handlers = {"serve": _serve, "import": _import, "warm": _warm, "export-schema": _export_schema, "db": _db}
     return handlers[args.command](args, settings)
 
 
@@ -87,7 +96,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     config = logging_config(settings.log_level, settings.log_json)
     logging.config.dictConfig(config)
     try:
-        load_store(settings.data_dir)  # fail fast with a clear message, before uvicorn starts workers
+        if settings.database_url is None:  # a database may be away at start: the server waits for it (see /readyz)
+            load_store(settings.data_dir)  # fail fast with a clear message, before uvicorn starts workers
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,28 +112,33 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     from gql.importer import import_csv
 
     data_dir = args.data_dir or settings.data_dir
-    if data_dir is None:
-        print("error: say where to write: --data-dir DIR or GQL_DATA_DIR=DIR", file=sys.stderr)
+    options = {"date_column": args.date_column, "close_column": args.close_column, "date_format": args.date_format}
+    if settings.database_url is not None and args.data_dir is None:
+        from gql.db.write import import_into_database
+
+        importing = partial(import_into_database, settings.database_url, names=settings.database_names(),
+                            timeout=settings.database_load_timeout)
+    elif data_dir is None:
+        print("error: say where to write: --data-dir DIR, GQL_DATA_DIR=DIR or GQL_DATABASE_URL=URL", file=sys.stderr)
         return 2
+    else:
+        importing = partial(import_csv, data_dir=data_dir)
     try:
-        report = import_csv(
-            args.file, data_dir, args.code, args.name,
-            date_column=args.date_column, close_column=args.close_column, date_format=args.date_format,
-        )
+        report = importing(args.file, code=args.code, name=args.name, **options)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     new = _index_summary(report.name, report.rows, report.first_date, report.last_date)
     old = report.replaced
     if old is None:
-        print(f"added {report.code} {new} as {report.path}")
+        print(f"added {report.code} {new} as {report.destination}")
     elif isinstance(old, DataError):
-        print(f"replaced an unreadable file ({old}) with {report.code} {new} in {report.path}")
+        print(f"replaced an unreadable file ({old}) with {report.code} {new} in {report.destination}")
     else:
         # The code is repeated only when it changes case (T1 -> t1).
         code = "" if old.meta.code == report.code else f"{report.code} "
         was = _index_summary(old.meta.name, len(old.closes), old.first_date, old.last_date)
-        print(f"replaced {old.meta.code} {was} with {code}{new} in {report.path}")
+        print(f"replaced {old.meta.code} {was} with {code}{new} in {report.destination}")
     n = report.dropped_duplicates
     dropped = f"; {n} repeated row{'s' if n > 1 else ''} dropped" if n else ""
     print(f"read column {report.date_column!r} as dates ({report.date_format}) and {report.close_column!r} as closes{dropped}")
@@ -133,6 +148,28 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 def _index_summary(name: str, rows: int, first: dt.date, last: dt.date) -> str:
     """`"CSI 300" (250 rows, 2020-01-02..2020-12-31)`: an index as the import's output shows it."""
     return f"{json.dumps(name, ensure_ascii=False)} ({rows} rows, {first}..{last})"
+
+
+# --- db ------------------------------------------------------------------------------------------------
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from gql.data import DataError
+    from gql.db.connect import redacted
+    from gql.db.write import init_database
+
+    if settings.database_url is None:
+        print("error: GQL_DATABASE_URL is not set; e.g. GQL_DATABASE_URL=postgresql://user:password@host:5432/db", file=sys.stderr)
+        return 2
+    try:
+        tables, started = init_database(settings.database_url, settings.database_names(), settings.database_load_timeout)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    n = tables.names
+    print(f"{redacted(settings.database_url)}: tables {n.index_table} and {n.close_table}, change tracking "
+          f"(gql_data_version, gql_change, triggers) {'created' if started else 'in place (triggers reinstalled)'}")
+    return 0
 
 
 # --- warm ------------------------------------------------------------------------------------------

@@ -8,10 +8,13 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gql.schedule import parse_time_of_day
+
+if TYPE_CHECKING:
+    from gql.db.tables import Names
 
 
 class ConfigError(ValueError):
@@ -37,6 +40,18 @@ class Settings:
     data_dir: Path | None = None
     # Follow GQL_DATA_DIR with a file watcher (false: changes are picked up only by refreshCache).
     data_watch: bool = True
+    # Prices from a database instead (postgresql://... or mysql://...; see gql/db/): it is then the whole data set.
+    database_url: str | None = None
+    # Bound of each database call on the way to a pickup (connect, version check, change log), in seconds...
+    database_timeout: float = 5.0
+    # ...and of a full load (millions of closes).
+    database_load_timeout: float = 600.0
+    # MariaDB/MySQL: how often each process reads the version row (PostgreSQL is told by NOTIFY, and checks
+    # this often only while its listening connection is down).
+    database_poll_seconds: float = 0.5
+    # Tables under other names: TABLE:CODE,NAME,SOURCE and TABLE:CODE,DATE,CLOSE (gql/db/tables.py).
+    database_index_table: str = ""
+    database_close_table: str = ""
     cache_enabled: bool = True
     cache_prefix: str = "gql"
     chart_ttl: float = 3600.0
@@ -175,6 +190,30 @@ class Settings:
                 except ValueError as exc:
                     raise ConfigError(f"{name}: {exc}") from None
         _check_redis_url(self.redis_url)
+        if self.database_url is not None:
+            self._check_database()
+
+    def _check_database(self) -> None:
+        from gql.db.connect import DatabaseUrlError, database_url
+
+        try:
+            database_url(self.database_url or "")
+            self.database_names()
+        except DatabaseUrlError as exc:
+            raise ConfigError(str(exc)) from None
+        except ValueError as exc:
+            raise ConfigError(f"GQL_DATABASE_INDEX_TABLE / GQL_DATABASE_CLOSE_TABLE: {exc}") from None
+        if self.data_dir is not None:
+            raise ConfigError("GQL_DATABASE_URL and GQL_DATA_DIR are both set: the data comes from one of them; unset one")
+        for name, value in (("GQL_DATABASE_TIMEOUT", self.database_timeout), ("GQL_DATABASE_LOAD_TIMEOUT", self.database_load_timeout),
+                            ("GQL_DATABASE_POLL_SECONDS", self.database_poll_seconds)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds")
+
+    def database_names(self) -> Names:
+        from gql.db.tables import Names  # late: SQLAlchemy is imported only when a database is used
+
+        return Names.parse(self.database_index_table or None, self.database_close_table or None)
 
 
 _ENV_NAMES = {"redis_url": "REDIS_URL"}

@@ -51,6 +51,10 @@ class DataError(ValueError):
     """Price data that cannot be used; the message names the file, the line and the problem."""
 
 
+class SourceUnavailable(DataError):
+    """The data source cannot be read now (a database that is unreachable or too slow): worth trying again."""
+
+
 @dataclass(frozen=True)
 class IndexMeta:
     code: str
@@ -98,7 +102,8 @@ class PriceStore:
     `store[code]` takes a code as stored (`codes`); `find` takes one in any case.
     """
 
-    def __init__(self, histories: Iterable[IndexHistory]) -> None:
+    def __init__(self, histories: Iterable[IndexHistory], version: str | None = None) -> None:
+        """`version`: the source's own (a database's); by default a digest of the content."""
         ordered = sorted(
             histories, key=lambda h: (_DEFAULT_ORDER.get(code_key(h.meta.code), len(_DEFAULT_ORDER)), h.meta.code)
         )
@@ -117,7 +122,7 @@ class PriceStore:
                 "(codes are matched ignoring case); keep one of them"
             )
         self.codes: tuple[str, ...] = tuple(self._by_code)
-        self.version = _content_version(ordered)
+        self.version = version or _content_version(ordered)
         self.first_date = min(h.first_date for h in ordered)
         self.last_date = max(h.last_date for h in ordered)
 

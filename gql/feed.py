@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from gql.config import Settings
 from gql.data import DataError, PriceStore, is_index_file
-from gql.sources import PriceSource
+from gql.sources import PriceSource, Source
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _index_file_changed(_change: object, path: str) -> bool:
 
 
 class DataFeed:
-    def __init__(self, source: PriceSource) -> None:
+    def __init__(self, source: Source) -> None:
         self.source = source
         self.current: PriceStore = source.store
         self.problem: str | None = None  # why the latest change of the files could not be loaded
@@ -77,20 +78,43 @@ class DataFeed:
         source = await asyncio.get_running_loop().run_in_executor(None, PriceSource, data_dir)
         return cls(source)
 
+    @classmethod
+    async def configured(cls, settings: Settings) -> DataFeed:
+        """The feed of the settings' source: the database (GQL_DATABASE_URL), a data directory, or the sample."""
+        if settings.database_url is None:
+            return await cls.open(settings.data_dir)
+        from gql.db.source import DatabaseSource
+
+        url, names = settings.database_url, settings.database_names()
+
+        def connect() -> DatabaseSource:
+            return DatabaseSource(url, names=names, timeout=settings.database_timeout, load_timeout=settings.database_load_timeout,
+                                  poll_seconds=settings.database_poll_seconds)
+
+        return cls(await asyncio.get_running_loop().run_in_executor(None, connect))
+
     @property
     def description(self) -> str:
         return self.source.description
+
+    @property
+    def follows_a_database(self) -> bool:
+        return getattr(self.source, "follow", None) is not None
 
     async def sync(self) -> PriceStore:
         """Look at the source now; load it if it changed. Returns the snapshot to answer from."""
         store, error = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_if_changed)
         if error is not None:
-            # Once per change of the files: the next attempt waits for them to change again.
+            # Once per problem: files are tried again when they change again; a database that is away is
+            # tried on every poll, and says so only when what is wrong changes.
             # The process is named: with several workers each reloads (and logs) for itself.
-            log.error("data not reloaded from %s in process %d, still serving version %s: %s",
-                      self.description, os.getpid(), self.current.version, error)
+            if str(error) != self.problem:
+                    log.error("data not reloaded from %s in process %d, still serving version %s: %s",
+                          self.description, os.getpid(), self.current.version, error)
             self.problem = str(error)
         elif store is not None:
+            if self.problem is not None and self.follows_a_database:
+                log.warning("data source %s is back, in process %d", self.description, os.getpid())
             self.problem = None
             if store.version != self.current.version:
                 change = DataChange.between(self.current, store)
@@ -102,9 +126,9 @@ class DataFeed:
         return self.current
 
     def _load_if_changed(self) -> tuple[PriceStore | None, DataError | None]:
-        if not self.source.changed():
-            return None, None
         try:
+            if not self.source.changed():
+                return (self.current if self.problem is not None else None), None
             return self.source.reload(), None
         except DataError as exc:
             return None, exc
@@ -129,11 +153,15 @@ class DataFeed:
     # --- the watcher --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Follow the files from now on (nothing to follow for the built-in sample)."""
-        if self.source.data_dir is None or self._watcher is not None:
+        """Follow the source from now on: the files, or the database's commits (nothing for the built-in sample)."""
+        if self._watcher is not None:
             return
         self._stop = asyncio.Event()
-        self._watcher = asyncio.create_task(self._watch(self.source.data_dir, self._stop), name="gql-data-watcher")
+        follow = getattr(self.source, "follow", None)
+        if follow is not None:
+            self._watcher = asyncio.create_task(follow(self.sync, self._stop), name="gql-data-follower")
+        elif self.source.data_dir is not None:
+            self._watcher = asyncio.create_task(self._watch(self.source.data_dir, self._stop), name="gql-data-watcher")
 
     async def _watch(self, data_dir: Path, stop: asyncio.Event) -> None:
         from watchfiles import awatch
@@ -168,3 +196,6 @@ class DataFeed:
                 await self._watcher
             self._watcher = None
         self._loader.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()

@@ -50,7 +50,8 @@ _FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 class ImportReport:
     """What an import wrote, and what it detected, so the caller can show the user both."""
 
-    path: Path
+    path: Path | None  # the file written (None: into a database)
+    destination: str  # where it went, as the output says it: the file, or the database
     code: str
     name: str
     rows: int
@@ -66,7 +67,7 @@ class ImportReport:
 
 
 @dataclass(frozen=True)
-class _ParsedFile:
+class ParsedFile:
     closes: pd.Series
     dropped_duplicates: int
     date_column: str
@@ -85,19 +86,32 @@ def import_csv(
     date_format: str | None = None,
 ) -> ImportReport:
     """Read a price CSV and write it as `<code>.csv` in `data_dir`; a failed import changes nothing there."""
+    history, parsed = prepare_import(path, code, name, date_column=date_column, close_column=close_column, date_format=date_format)
+    replaced = _current(data_dir, code)
+    written = write_index_file(data_dir, history)
+    return import_report(history, parsed, replaced, destination=str(written), path=written)
+
+
+def prepare_import(
+    path: Path, code: str, name: str, *, date_column: str | None = None, close_column: str | None = None, date_format: str | None = None,
+) -> tuple[IndexHistory, ParsedFile]:
+    """The index a CSV holds, read and checked whole (DataError saying what is wrong), before anything is written."""
     _check_code(path, code)
     if not name.strip():
         raise DataError(f"cannot import {path}: the index name is empty; give the name users should see")
-    # Everything is read and checked before the one atomic write, so a bad file leaves the old data in place.
     parsed = _parse_file(path, date_column=date_column, close_column=close_column, date_format=date_format)
-    history = IndexHistory(IndexMeta(code=code, name=name.strip(), source=f"imported from {path.name}"), parsed.closes)
-    replaced = _current(data_dir, code)
-    written = write_index_file(data_dir, history)
+    return IndexHistory(IndexMeta(code=code, name=name.strip(), source=f"imported from {path.name}"), parsed.closes), parsed
+
+
+def import_report(
+    history: IndexHistory, parsed: ParsedFile, replaced: IndexHistory | DataError | None, *, destination: str, path: Path | None = None,
+) -> ImportReport:
     return ImportReport(
-        path=written,
-        code=code,
+        path=path,
+        destination=destination,
+        code=history.meta.code,
         name=history.meta.name,
-        rows=len(parsed.closes),
+        rows=len(history.closes),
         first_date=history.first_date,
         last_date=history.last_date,
         dropped_duplicates=parsed.dropped_duplicates,
@@ -132,7 +146,7 @@ def parse_closes(
 
 def _parse_file(
     path: Path, *, date_column: str | None, close_column: str | None, date_format: str | None
-) -> _ParsedFile:
+) -> ParsedFile:
     table = _read_table(path)
     date_name = _pick_column(path, table.columns, date_column, DATE_COLUMNS, "date", "--date-column")
     close_name = _pick_column(path, table.columns, close_column, CLOSE_COLUMNS, "close", "--close-column")
@@ -165,7 +179,7 @@ def _parse_file(
     series, dropped = _sorted_unique_closes(
         path, dates.to_numpy(dtype="datetime64[ns]"), closes, close_text, lines
     )
-    return _ParsedFile(series, dropped, date_name, close_name, fmt)
+    return ParsedFile(series, dropped, date_name, close_name, fmt)
 
 
 def _check_code(path: Path, code: str) -> None:

@@ -144,6 +144,10 @@ class ResponseCacheApp:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
             await self.app(scope, receive, send)
             return
+        if self.service.feed is None:  # a database that was away at start: the data is not loaded yet
+            await send_refusal(send, RequestError("the data is not loaded yet (the data source is unreachable; see /readyz); "
+                                                  "try again in a few seconds", "DATA_UNAVAILABLE", 503, {"retry-after": "5"}))
+            return
         with self.cache.link.request():
             await self._serve(scope, receive, send)
 

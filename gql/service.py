@@ -67,7 +67,7 @@ class Service:
 
     async def load(self) -> None:
         """Load the data (DataError when it cannot be used); the file watcher is started apart (`feed.start`)."""
-        self.feed = await DataFeed.open(self.settings.data_dir)
+        self.feed = await DataFeed.configured(self.settings)
 
     async def close(self) -> None:
         if self.feed is not None:

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 from gql.data import SUFFIX, DataError, FileStamp, IndexHistory, PriceStore, index_entries, is_index_file, read_stamped
 from gql.sample import generate_sample
+
+
+class Source(Protocol):
+    """What the feed follows: files here, or a database (gql/db/source.py, which also has `follow`)."""
+
+    store: PriceStore
+    data_dir: Path | None
+
+    @property
+    def description(self) -> str: ...
+
+    def changed(self) -> bool: ...
+
+    def reload(self) -> PriceStore: ...
 
 
 def load_directory(data_dir: Path) -> PriceStore:

@@ -46,6 +46,7 @@ def test_real_layout_imports(tmp_path, file, code, rows, first, last):
 
     assert report == ImportReport(
         path=tmp_path / f"{code}.csv",
+        destination=str(tmp_path / f"{code}.csv"),
         code=code,
         name=f"index {code}",
         rows=rows,

@@ -1,0 +1,96 @@
+"""Writing to the database: `python -m gql db init`, and `python -m gql import` with GQL_DATABASE_URL set.
+
+An import is one transaction: what the database held for the code (in any case) is read, then replaced
+by the file's index and closes. A refused import (a bad file, a database that refuses a row) changes
+nothing. Any SQL client may write the same tables; the triggers track every change alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from gql.data import DataError, IndexHistory, IndexMeta, make_closes
+from gql.db.connect import create, driver_reason, redacted
+from gql.db.source import DatabaseUnavailable
+from gql.db.tables import Names, Tables
+from gql.importer import ImportReport, import_report, prepare_import
+
+_BATCH = 5000  # closes per INSERT statement
+
+
+def init_database(url: str, names: Names | None = None, timeout: float = 30.0) -> tuple[Tables, bool]:
+    """Create the tables and change tracking where missing (idempotent); True when tracking starts now."""
+    engine = create(url, timeout)
+    try:
+        tables = Tables(names)
+        return tables, _guarded(url, lambda: tables.create(engine))
+    finally:
+        engine.dispose()
+
+
+def import_into_database(url: str, path: Path, code: str, name: str, *, names: Names | None = None, timeout: float = 60.0,
+                         **options: str | None) -> ImportReport:
+    history, parsed = prepare_import(path, code, name, **options)
+    engine = create(url, timeout)
+    try:
+        tables = Tables(names)
+        replaced = _guarded(url, lambda: _replace(engine, tables, history))
+    finally:
+        engine.dispose()
+    return import_report(history, parsed, replaced, destination=f"database {redacted(url)}")
+
+
+def _guarded(url: str, work):
+    try:
+        return work()
+    except DataError:
+        raise
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"database {redacted(url)}: {driver_reason(exc)}") from None
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"database {redacted(url)}: {exc}") from None
+
+
+def _replace(engine: Engine, tables: Tables, history: IndexHistory) -> IndexHistory | None:
+    n, index, close = tables.names, tables.index, tables.close
+    code = history.meta.code
+    with engine.begin() as conn:
+        if conn.execute(select(tables.version.c.id)).first() is None:
+            raise DatabaseUnavailable(f"database {redacted(engine.url)} has no tables for this service yet: run `python -m gql db init`")
+        # Codes are one index whatever their case: T1 then t1 replaces T1.
+        existing = conn.execute(
+            select(index.c[n.index_code], index.c[n.index_name], index.c[n.index_source])
+            .where(func.lower(index.c[n.index_code]) == code.lower()).with_for_update()
+        ).first()
+        replaced = _history(conn, tables, IndexMeta(*existing)) if existing is not None else None
+        if existing is not None:
+            conn.execute(delete(close).where(close.c[n.close_code] == existing[0]))
+            if existing[0] != code:
+                conn.execute(delete(index).where(index.c[n.index_code] == existing[0]))
+                existing = None
+        values = {n.index_code: code, n.index_name: history.meta.name, n.index_source: history.meta.source}
+        if existing is None:
+            conn.execute(insert(index).values(values))
+        else:
+            conn.execute(update(index).where(index.c[n.index_code] == code).values(values))
+        rows = [
+            {n.close_code: code, n.close_date: day.date(), n.close_value: value}
+            for day, value in zip(history.closes.index, history.closes.to_numpy(dtype="float64").tolist(), strict=True)
+        ]
+        for start in range(0, len(rows), _BATCH):
+            conn.execute(insert(close), rows[start:start + _BATCH])
+    return replaced
+
+
+def _history(conn: Connection, tables: Tables, meta: IndexMeta) -> IndexHistory | None:
+    n, close = tables.names, tables.close
+    rows = conn.execute(
+        select(close.c[n.close_date], close.c[n.close_value]).where(close.c[n.close_code] == meta.code).order_by(close.c[n.close_date])
+    ).all()
+    if not rows:
+        return None
+    days, values = zip(*rows, strict=True)
+    return IndexHistory(meta, make_closes(days, values))
