@@ -112,6 +112,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     log.error("data not loaded yet, retrying every %.0f s at most: %s", 30.0, exc)
                 app.state.starting = str(exc)
                 continue
+            except Exception as exc:  # the data itself is wrong: say so, and keep trying
+                log.exception("data not loaded yet (retrying every 30 s at most)")
+                app.state.starting = f"the data cannot be used: {exc}"
+                continue
             app.state.starting = None
             await started(app, tasks)
             return

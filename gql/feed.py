@@ -105,10 +105,10 @@ class DataFeed:
         """Look at the source now; load it if it changed. Returns the snapshot to answer from."""
         store, error = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_if_changed)
         if error is not None:
-            # Once per problem: files are tried again when they change again; a database that is away is
-            # tried on every poll, and says so only when what is wrong changes.
+            # Files: once per change of them (they are tried again only when they change again). A database
+            # that is away is tried on every poll: once per outage, until it answers again.
             # The process is named: with several workers each reloads (and logs) for itself.
-            if str(error) != self.problem:
+            if self.problem is None or not self.follows_a_database:
                     log.error("data not reloaded from %s in process %d, still serving version %s: %s",
                           self.description, os.getpid(), self.current.version, error)
             self.problem = str(error)

@@ -130,7 +130,8 @@ class DatabaseSource:
                 histories.append(IndexHistory(meta, make_closes(dates[start:end], closes[start:end])))
         self.position, self.last_pickup = position, Pickup(len(codes), full=True)
         if not histories:
-            raise DataError(f"{self.description} holds no closes yet: add some with `python -m gql import` or any SQL client")
+            # Not ready rather than broken: the server waits for the first import (or ETL run).
+            raise DatabaseUnavailable(f"{self.description} holds no closes yet: add some with `python -m gql import` or any SQL client")
         return PriceStore(histories, version=position.label)
 
     def _copy_closes(self, conn: Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
