@@ -37,7 +37,7 @@ from gql.schedule import parse_time_of_day, run_daily
 from gql.schema.build import build_schema
 from gql.schema.resolvers import Context
 from gql.schema.types import CacheTarget
-from gql.service import Service
+from gql.service import Service, warm_after_changes
 from gql.workers import QueryWorkers
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tasks.append(asyncio.create_task(_scheduled_refresh(service)))
         if settings.data_watch:
             service.data.start()
+        if settings.cache_enabled:
+            tasks.append(asyncio.create_task(warm_after_changes(service), name="gql-warm-after-changes"))
         data = service.data
         log.info(
             "serving %d indexes from %s (data version %s); cache %s",

@@ -178,6 +178,17 @@ class Service:
         return Refreshed(store, done)
 
 
+async def warm_after_changes(service: Service) -> None:
+    """For every new data version this process takes up (whatever the source), compute the default variants
+    as a refresh does, so the next dashboard load is a hit: one computation per key for the whole fleet
+    (the cache's lease), however many processes hear of the change."""
+    async for change in service.data.changes():
+        try:
+            await service.refresh(list(CacheTarget), invalidate=False)
+        except Exception:
+            log.exception("computing the default variants of data version %s failed; they are computed on first use", change.version)
+
+
 def _with_faults(delay: float, fail_file: Path | None, fn: Callable[..., Any], *args: Any) -> Any:
     if delay:
         time.sleep(delay)  # in a pool thread, like the computation it stands for

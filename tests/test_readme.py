@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import httpx2
 import pytest
 
 from tests.support.servers import running_server
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -102,3 +105,35 @@ def test_the_health_fields_the_readme_names_are_there(server):
     health = httpx2.get(f"{server}/healthz", timeout=10).json()
     assert {"status", "process"} <= health.keys() and {"source", "version", "problem"} <= health["data"].keys()
     assert httpx2.get(f"{server}/readyz", timeout=10).json()["ready"] is True
+
+
+def test_the_database_path_runs_as_written(redis_server):
+    """From an empty PostgreSQL to a served dashboard: the README's commands in order, on a database of the
+    test's own (dropped after), with the repository's copy of the real data (tests/fixtures)."""
+    [script] = blocks("sh", "gql db init")
+    name = f"gql_test_{uuid.uuid4().hex[:12]}"
+    lines = [line.split("  #")[0] for line in script.splitlines() if line.strip() and not line.startswith("#")]
+    serve = next(i for i, line in enumerate(lines) if line.strip() == "make run")
+
+    def run(part: list[str]) -> None:
+        program = "set -eu\n" + "\n".join(part).replace(" prices", f" {name}").replace("/prices", f"/{name}") \
+            .replace("../shared/real-data/", "tests/fixtures/").replace(".venv/bin/python", sys.executable)
+        done = subprocess.run(["bash", "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        run(lines[:serve])
+        with running_server(redis_server.url, GQL_DATABASE_URL=url) as base:
+            page = httpx2.get(f"{base}/", timeout=10)
+            assert page.status_code == 200 and "dashboard.js" in page.text
+            query = '{ yieldThisYear(codes: ["HSI"]) { lastDate } }'
+
+            def last() -> str:
+                return httpx2.post(f"{base}/graphql", json={"query": query}, timeout=30).json()["data"]["yieldThisYear"][0]["lastDate"]
+
+            assert last() == "2026-07-24"
+            run(lines[serve + 1:])
+            wait_until(lambda: last() == "2026-07-27", "the row inserted with psql is answered", timeout=30)
+    finally:
+        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", name], capture_output=True, timeout=60)
