@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Create market_index, index_close and this service's change tracking (a version row, a change log "
         "and triggers) in the database GQL_DATABASE_URL names, where they are missing. Safe to run again.",
     )
+    prune = db_commands.add_parser(
+        "prune", help="delete old change-log rows (for a daily cron job)",
+        description="Delete the change-log rows (gql_change) of all but the newest versions. A server process that "
+        "still holds an older version loads the data in full instead of picking up the change: correct, only slower.",
+    )
+    prune.add_argument("--keep-versions", type=int, default=100_000, help="versions to keep (default: 100000)")
 
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", type=Path, help="write to this file instead of standard output")
@@ -161,6 +167,19 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         print("error: GQL_DATABASE_URL is not set; e.g. GQL_DATABASE_URL=postgresql://user:password@host:5432/db", file=sys.stderr)
         return 2
+    if args.db_command == "prune":
+        from gql.db.write import prune_changes
+
+        if args.keep_versions < 0:
+            print("error: --keep-versions must be 0 or more", file=sys.stderr)
+            return 2
+        try:
+            deleted, through = prune_changes(settings.database_url, args.keep_versions, settings.database_load_timeout)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{redacted(settings.database_url)}: deleted {deleted} change-log rows, through version {through}")
+        return 0
     try:
         tables, started = init_database(settings.database_url, settings.database_names(), settings.database_load_timeout)
     except DataError as exc:

@@ -208,6 +208,25 @@ def test_a_truncate_or_a_pruned_log_means_a_full_load(database):
         source.close()
 
 
+def test_db_prune_keeps_the_newest_versions_and_a_process_behind_reloads_in_full(database):
+    db = seeded(database)
+    behind, current = DatabaseSource(db.url), None
+    try:
+        db.sql("INSERT INTO index_close VALUES ('A', '2024-01-05', 103)")
+        current = DatabaseSource(db.url)
+        db.sql("INSERT INTO index_close VALUES ('B', '2024-01-05', 51)")
+        done = gql_cli(db, "db", "prune", "--keep-versions", "1")
+        assert done.returncode == 0 and "deleted" in done.stdout and "change-log rows, through version" in done.stdout, done.stderr
+        assert db.sql("SELECT count(DISTINCT version) FROM gql_change") == "1"
+        assert closes(current.reload(), "B")["2024-01-05"] == 51.0 and not current.last_pickup.full
+        assert closes(behind.reload(), "B")["2024-01-05"] == 51.0 and behind.last_pickup.full
+        assert_same_as_a_full_load(behind, db)
+    finally:
+        behind.close()
+        if current is not None:
+            current.close()
+
+
 # --- the server follows commits ---------------------------------------------------------------------------
 
 

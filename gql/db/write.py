@@ -31,6 +31,27 @@ def init_database(url: str, names: Names | None = None, timeout: float = 30.0) -
         engine.dispose()
 
 
+def prune_changes(url: str, keep_versions: int, timeout: float = 60.0) -> tuple[int, int]:
+    """Delete change-log rows of all but the last `keep_versions` versions; (rows deleted, pruned through).
+    A process still holding an older version then loads in full: correct, only slower."""
+    engine = create(url, timeout)
+    tables = Tables()
+    version = tables.version.c
+
+    def prune() -> tuple[int, int]:
+        with engine.begin() as conn:
+            current, pruned = conn.execute(select(version.version, version.pruned_through).with_for_update()).one()
+            through = max(pruned, current - keep_versions)
+            deleted = conn.execute(delete(tables.change).where(tables.change.c.version <= through)).rowcount
+            conn.execute(update(tables.version).values(pruned_through=through))
+            return deleted, through
+
+    try:
+        return _guarded(url, prune)
+    finally:
+        engine.dispose()
+
+
 def import_into_database(url: str, path: Path, code: str, name: str, *, names: Names | None = None, timeout: float = 60.0,
                          **options: str | None) -> ImportReport:
     history, parsed = prepare_import(path, code, name, **options)
