@@ -80,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks: list[asyncio.Task] = []
         try:
             await service.load()
+            # A refresh made through another process is taken up when Redis tells of it, not on the next request.
+            service.follow_refreshes()
             app.state.service = service
             app.state.responses = graphql
             cache = service.cache
