@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from gql import __version__
 from gql.cache import CacheState
@@ -38,6 +39,7 @@ from gql.schema.build import build_schema
 from gql.schema.resolvers import Context
 from gql.schema.types import CacheTarget
 from gql.service import Service, warm_after_changes
+from gql.subscriptions import SocketLimits, SubscriptionsHandler, WebSocketAdapter
 from gql.workers import QueryWorkers
 
 log = logging.getLogger(__name__)
@@ -47,14 +49,28 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class _GraphQLApp(GraphQL[Context, None]):
-    """Strawberry's ASGI app, for what the response layer does not answer itself (mutations, batches, GraphiQL)."""
+    """Strawberry's ASGI app, for what the response layer does not answer itself (mutations, batches, GraphiQL),
+    and the WebSocket of subscriptions (graphql-transport-ws, with the limits of gql/subscriptions.py)."""
+
+    graphql_transport_ws_handler_class = SubscriptionsHandler
+    websocket_adapter_class = WebSocketAdapter
 
     def __init__(self, service: Service, **kwargs: object) -> None:
-        super().__init__(build_schema(service.settings), **kwargs)  # type: ignore[arg-type]
+        settings = service.settings
+        super().__init__(
+            build_schema(settings),
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            connection_init_wait_timeout=dt.timedelta(seconds=settings.ws_init_timeout),
+            max_subscriptions_per_connection=None,  # SubscriptionsHandler's, with a code
+            # Pages of the CORS origins may open the socket too (Strawberry refuses other cross-origin handshakes).
+            allowed_origins=settings.cors_origin_list,
+            **kwargs,  # type: ignore[arg-type]
+        )
         self.service = service
+        self.socket_limits = SocketLimits.of(settings)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        assert isinstance(request, Request), "GraphQL over WebSocket is not served"
+        # For a WebSocket, once per connection: its subscriptions follow the feed, not this snapshot.
         return Context(request=request, service=self.service, snapshot=await self.service.snapshot())
 
     def encode_json(self, data: object) -> bytes:
@@ -78,6 +94,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def started(app: Starlette, tasks: list[asyncio.Task]) -> None:
         """What follows loading the data: Redis, warming, the workers, the schedule, following the source."""
+        # A refresh made through another process is taken up when Redis tells of it, not on the next request.
+        service.follow_refreshes()
         app.state.service = service
         app.state.responses = graphql
         cache = service.cache

@@ -109,7 +109,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     # Workers are separate processes: they rebuild the settings from the same environment.
     os.environ.update({"GQL_HOST": host, "GQL_PORT": str(port), "GQL_WORKERS": str(workers)})
-    uvicorn.run("gql.app:app", host=host, port=port, workers=workers, log_config=config)
+    # A WebSocket message (a subscribe, gql/subscriptions.py) is bounded like a request body (uvicorn's own: 16 MiB).
+    uvicorn.run("gql.app:app", host=host, port=port, workers=workers, log_config=config, ws_max_size=settings.max_body_bytes)
     return 0
 
 

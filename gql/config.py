@@ -101,6 +101,12 @@ class Settings:
     max_cached_fields: int = 10
     max_codes: int = 100
     max_batch: int = 5
+    # GraphQL over WebSocket (the dataChanged subscription, see docs/api.md#subscriptions), per server process.
+    ws_max_connections_per_client: int = 10
+    ws_max_subscriptions: int = 5
+    # A connection with no subscription for this long is closed; connection_init must come within the other.
+    ws_idle_seconds: float = 60.0
+    ws_init_timeout: float = 10.0
     # Whole responses of cached queries (see README, "Caching whole responses").
     response_cache: bool = True
     response_memory_bytes: int = 64 * 1024 * 1024
@@ -139,6 +145,7 @@ class Settings:
             self.redis_timeout, self.redis_write_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl, self.apq_ttl,
             self.cache_fail_safe_seconds, self.cache_fail_safe_retry_seconds, self.cache_lease_seconds, self.cache_ttl_jitter,
             self.cache_early_refresh, self.fault_compute_delay, 0.0 if self.cache_stale_seconds is None else self.cache_stale_seconds,
+            self.ws_idle_seconds, self.ws_init_timeout,
         )
         checks = [
             (all(math.isfinite(v) for v in seconds), "every GQL_* time, jitter or factor setting must be a finite number"),
@@ -172,6 +179,10 @@ class Settings:
             (self.max_cached_fields >= 1, "GQL_MAX_CACHED_FIELDS must be at least 1"),
             (self.max_codes >= 1, "GQL_MAX_CODES must be at least 1"),
             (self.max_batch >= 1, "GQL_MAX_BATCH must be at least 1"),
+            (self.ws_max_connections_per_client >= 1, "GQL_WS_MAX_CONNECTIONS_PER_CLIENT must be at least 1"),
+            (self.ws_max_subscriptions >= 1, "GQL_WS_MAX_SUBSCRIPTIONS must be at least 1"),
+            (self.ws_idle_seconds > 0, "GQL_WS_IDLE_SECONDS must be a positive number of seconds"),
+            (self.ws_init_timeout > 0, "GQL_WS_INIT_TIMEOUT must be a positive number of seconds"),
             (self.response_memory_bytes >= 0, "GQL_RESPONSE_MEMORY_BYTES must be >= 0"),
             (self.apq_ttl > 0, "GQL_APQ_TTL must be a positive number of seconds"),
             (self.cache_max_entry_bytes >= 1024, "GQL_CACHE_MAX_ENTRY_BYTES must be at least 1024"),

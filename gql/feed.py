@@ -9,7 +9,8 @@ data changes, and finds out in two ways:
 - the *data epoch*, a counter in Redis that `refreshCache` increments after loading what is in the
   source at that moment. Requests read it in the same round trip as the cache; a process that sees a
   new epoch looks at its source before it answers. So once a refresh returns, no process that reads
-  Redis answers from older data.
+  Redis answers from older data. The increment is also published, and every server process looks at its
+  source when it hears it (`Service.follow_refreshes`), with no request needed.
 
 A reload that fails (a corrupt or half-written file) keeps the whole previous snapshot: the data set
 never mixes versions. The problem is logged once per change of the files and shown by /healthz.

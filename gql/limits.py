@@ -107,6 +107,20 @@ class TokenLimit(MaxTokensLimiter):
             if isinstance(error, GraphQLSyntaxError) and _stopped_at_limit(context.query or "", error, self.max_token_count):
                 error.extensions = {**(error.extensions or {}), "code": QUERY_TOO_COMPLEX}
 
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        # Over the WebSocket a syntax error closes the whole connection (4400, graphql-transport-ws); a document
+        # over the limit is refused like any other limit instead: an `error` for that subscribe alone.
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = [_not_a_syntax_error(error) for error in errors]
+        yield
+
+
+def _not_a_syntax_error(error: GraphQLError) -> GraphQLError:
+    if isinstance(error, GraphQLSyntaxError) and (error.extensions or {}).get("code") == QUERY_TOO_COMPLEX:
+        return GraphQLError(error.message, source=error.source, positions=error.positions, extensions=error.extensions)
+    return error
+
 
 def _stopped_at_limit(query: str, error: GraphQLError, max_tokens: int) -> bool:
     """Whether the parser stopped at the token past the limit (rather than at a syntax error before it)."""

@@ -34,6 +34,15 @@ LEASES = Counter(
 REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
 BREAKER_STATE = Gauge("gql_cache_breaker_state", "Circuit breaker on Redis: 0 closed (in use), 1 open (skipped), 2 half-open (probing)")
 BREAKER_OPENED = Counter("gql_cache_breaker_opened_total", "Times the circuit breaker on Redis opened")
+# GraphQL over WebSocket (gql/subscriptions.py): only server processes have sockets.
+WS_CONNECTIONS = Gauge("gql_ws_connections", "Open GraphQL WebSocket connections")
+SUBSCRIPTIONS = Gauge("gql_subscriptions", "dataChanged subscriptions listening for new data versions")
+WS_REFUSED = Counter(
+    "gql_ws_refused_total",
+    "WebSocket limits applied: connections closed (connections: per client address; idle: no subscription) and "
+    "subscribe messages refused (subscriptions: per connection; operation: a query or mutation)",
+    ["reason"],
+)
 
 
 # In a query worker process (gql/workers.py) metrics are recorded as events and sent back with the

@@ -16,7 +16,7 @@ _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 
 
 class PathDispatch:
-    """Send requests for one path straight to its ASGI endpoint; anything else to the app."""
+    """Send requests (and WebSocket connections) for one path straight to its ASGI endpoint; anything else to the app."""
 
     def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
         self.app = app
@@ -24,11 +24,11 @@ class PathDispatch:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _route_path(scope) == self.path:
-            if scope["method"] not in ("GET", "POST"):
+        if scope["type"] in ("http", "websocket") and _route_path(scope) == self.path:
+            if scope["type"] == "http" and scope["method"] not in ("GET", "POST"):
                 await send_refusal(send, refuse_method(scope["method"]))
                 return
-            await self.endpoint(scope, receive, send)
+            await self.endpoint(scope, receive, send)  # a WebSocket: subscriptions (gql/subscriptions.py)
             return
         await self.app(scope, receive, send)
 

@@ -26,6 +26,8 @@ from gql.errors import BAD_REQUEST, shown
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
 BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+# A subscription sent as an HTTP request: it is served over the WebSocket at the same URL (gql/subscriptions.py).
+WEBSOCKET_REQUIRED = "WEBSOCKET_REQUIRED"
 # Apollo Server's code for a document whose operation to run cannot be chosen; clients know it.
 OPERATION_RESOLUTION_FAILURE = "OPERATION_RESOLUTION_FAILURE"
 
@@ -52,6 +54,14 @@ def refuse_method(method: str) -> RequestError:
     return RequestError(
         f"/graphql takes GET (queries) and POST (queries and mutations), not {shown(method)}",
         METHOD_NOT_ALLOWED, 405, {"allow": "GET, POST"},
+    )
+
+
+def refuse_subscription(where: str = "") -> RequestError:
+    return RequestError(
+        f"{where}a subscription is not served over HTTP: open a WebSocket to this URL (/graphql) with the graphql-transport-ws "
+        "subprotocol and send it in a subscribe message (docs/api.md, Subscriptions); GET and POST run queries and mutations",
+        WEBSOCKET_REQUIRED, 400,
     )
 
 

@@ -46,7 +46,16 @@ from gql.execution import Operation, execute
 from gql.feed import DATA_EPOCH
 from gql.logs import note, request_id
 from gql.lru import LRU
-from gql.protocol import OPERATION_RESOLUTION_FAILURE, Batch, QueryShape, RequestError, query_shape, read_request, send_refusal
+from gql.protocol import (
+    OPERATION_RESOLUTION_FAILURE,
+    Batch,
+    QueryShape,
+    RequestError,
+    query_shape,
+    read_request,
+    refuse_subscription,
+    send_refusal,
+)
 from gql.schema.types import CACHED_FIELDS
 from gql.service import Service
 from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
@@ -347,13 +356,16 @@ class ResponseCacheApp:
     @staticmethod
     def _check_operation(method: str, data: dict[str, Any], where: str = "") -> QueryShape | None:
         """The document's shape (None: it does not parse, which execution reports), or RequestError when no
-        operation can be chosen (a GraphQL request error: 200) or a mutation came over GET (405)."""
+        operation can be chosen (a GraphQL request error: 200), a subscription came over HTTP (400) or a mutation
+        over GET (405)."""
         name = data.get("operationName")
         shape = query_shape(data["query"], name, CACHED_FIELDS)
         if shape is None:
             return None
         if shape.problem is not None:
             raise RequestError(where + shape.problem, OPERATION_RESOLUTION_FAILURE, 200)
+        if shape.operation is OperationType.SUBSCRIPTION:
+            raise refuse_subscription(where)
         if method == "GET" and shape.operation is not OperationType.QUERY:
             raise RequestError(f"a {shape.operation.value if shape.operation else 'non-query'} is sent with POST; GET runs queries only",
                                "METHOD_NOT_ALLOWED", 405, {"allow": "POST"})

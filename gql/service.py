@@ -95,6 +95,21 @@ class Service:
                 return await feed.catch_up(looked_up[0][DATA_EPOCH])
         return feed.current
 
+    def follow_refreshes(self) -> None:
+        """Take up a refresh made through any process as soon as Redis announces the new data epoch, so that
+        this process's feed (and its subscribers) has the new data with no request of its own."""
+        if self.cache.state is CacheState.DISABLED:
+            return
+        feed = self.data
+
+        async def epoch_moved(epoch: int | None) -> None:
+            if epoch is None:  # listening (again): a bump may have been missed meanwhile, so read it
+                await self.snapshot()
+            else:
+                await feed.catch_up(epoch)
+
+        self.cache.on_invalidated(DATA_EPOCH, epoch_moved)
+
     # --- computing ------------------------------------------------------------------------------
 
     def ttl(self, fixed: float) -> float:

@@ -261,6 +261,26 @@ async def test_invalidate_while_redis_is_down_applies_when_it_returns(own_redis,
     assert after.value == {"new": True} and after.status is CacheStatus.REFRESHED
 
 
+async def test_every_process_following_a_namespace_hears_its_invalidations(redis_server, make_cache):
+    """What carries a refresh's new data epoch to the other server processes without a request of theirs."""
+    first = make_cache(redis_server.url)
+    second = make_cache.twin(first)
+    heard: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def handler(generation: int | None) -> None:
+        await heard.put(generation)
+
+    second.on_invalidated("ns", handler)
+    # Listening: the handler is told so (a bump may have been missed before), and looks for itself.
+    assert await asyncio.wait_for(heard.get(), 5) is None
+    await first.invalidate("ns")
+    await first.invalidate("other")  # another namespace: not followed
+    await first.invalidate("ns")
+    assert [await asyncio.wait_for(heard.get(), 5) for _ in range(2)] == [1, 2]
+    await asyncio.sleep(0.1)
+    assert heard.empty()
+
+
 # --- single flight across processes (two caches on one Redis stand for two processes) -------------
 
 

@@ -168,6 +168,10 @@ def test_config_error_is_a_value_error():
         ("GQL_YIELD_TTL", "0"),
         ("GQL_LOCAL_CACHE_ENTRIES", "-1"),
         ("GQL_COMPUTE_THREADS", "0"),
+        ("GQL_WS_MAX_CONNECTIONS_PER_CLIENT", "0"),
+        ("GQL_WS_MAX_SUBSCRIPTIONS", "0"),
+        ("GQL_WS_IDLE_SECONDS", "0"),
+        ("GQL_WS_INIT_TIMEOUT", "-1"),
     ],
 )
 def test_out_of_range_value_is_rejected_naming_the_variable(name: str, raw: str):
@@ -185,6 +189,9 @@ def test_out_of_range_value_is_rejected_naming_the_variable(name: str, raw: str)
         ("GQL_REDIS_TIMEOUT", "0.001"),
         ("GQL_LOCAL_CACHE_ENTRIES", "0"),
         ("GQL_COMPUTE_THREADS", "1"),
+        ("GQL_WS_MAX_CONNECTIONS_PER_CLIENT", "1"),
+        ("GQL_WS_MAX_SUBSCRIPTIONS", "1"),
+        ("GQL_WS_IDLE_SECONDS", "0.5"),
     ],
 )
 def test_boundary_values_are_accepted(name: str, raw: str):

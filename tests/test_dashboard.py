@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 
 from gql.app import create_app
+from gql.importer import import_csv
 from tests.support.browser import Chromium, screenshot
-from tests.support.realdata import import_real
+from tests.support.realdata import FIXTURES, import_real
 from tests.support.servers import prefixed, running_server, serving
+from tests.support.subscriptions import wait_for_subscribers
 
 TOKEN = "dashboard-token"
 DEFAULT_CODES = ["000300", "000905", "HSI"]
@@ -36,20 +39,25 @@ def server(redis_server) -> Iterator[str]:
 
 @dataclass
 class Visit:
-    """A visit to the dashboard and what the page did: every request it made and every console error."""
+    """A visit to the dashboard and what the page did: every request it made, every WebSocket it opened and
+    every console error. `prepare(context)` runs before the page opens (to route its WebSockets, say)."""
 
     chromium: Chromium
     base: str
     page: object = None
     requests: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _context: object = None
 
-    def open(self, path: str = "/"):
+    def open(self, path: str = "/", prepare=None):
         self._context = self.chromium.browser().new_context(viewport={"width": 1280, "height": 800})
+        if prepare is not None:
+            prepare(self._context)
         page = self.page = self._context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.on("request", lambda request: self.requests.append(request.url))
+        page.on("websocket", lambda socket: self.sockets.append(socket.url))
         page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.goto(f"{self.base}{path}")
@@ -63,6 +71,7 @@ class Visit:
     def assert_clean(self) -> None:
         host = urlsplit(self.base).netloc
         foreign = [url for url in self.requests if urlsplit(url).netloc != host or urlsplit(url).scheme != "http"]
+        foreign += [url for url in self.sockets if urlsplit(url).netloc != host or urlsplit(url).scheme != "ws"]
         assert not foreign, f"the page made requests to other hosts: {foreign}"
         assert self.requests, "no request was recorded"
         assert not self.errors, f"console errors: {self.errors}"
@@ -314,8 +323,10 @@ def test_the_dashboard_works_under_a_path_prefix(chromium, settings):
         try:
             page = visit.open("/api/")
             assert page.locator("#chart svg polyline").count() == len(DEFAULT_CODES)
-            paths = [urlsplit(url).path for url in visit.requests]
+            page.wait_for_selector('#live-status[data-mode="live"]')  # the subscription's socket is below /api too
+            paths = [urlsplit(url).path for url in visit.requests + visit.sockets]
             assert "/api/graphql" in paths and "/api/static/dashboard.js" in paths
+            assert [urlsplit(url).path for url in visit.sockets] == ["/api/graphql"]
             assert all(path.startswith("/api/") for path in paths), paths
             visit.assert_clean()
         finally:
@@ -383,3 +394,99 @@ def test_api_errors_are_shown_to_the_user(visit):
     assert error.is_hidden()
     assert page.locator("#chart svg polyline").count() == len(DEFAULT_CODES)
     visit.assert_clean()
+
+
+# --- live updates: the dataChanged subscription, and polling without it -------------------------------------
+
+NEW_DAY = ("2026-07-27", "07/27/26, 25100.00, 25400.00, 25050.00, 25312.45")  # the HSI fixture's layout, newest first
+
+
+@pytest.fixture
+def live_data(tmp_path) -> Path:
+    return import_real(tmp_path / "data")
+
+
+@pytest.fixture
+def live_server(redis_server, live_data) -> Iterator[str]:
+    with running_server(redis_server.url, GQL_DATA_DIR=str(live_data)) as base:
+        yield base
+
+
+def import_new_hsi_day(data_dir: Path) -> None:
+    """One more trading day of the Hang Seng Index, imported as an operator would (the server's watcher sees it)."""
+    header, *rows = (FIXTURES / "HSI.csv").read_text().splitlines()
+    prices = data_dir.parent / "next-day" / "HSI.csv"
+    prices.parent.mkdir()
+    prices.write_text("\n".join([header, NEW_DAY[1], *rows]) + "\n")
+    import_csv(prices, data_dir, "HSI", "Hang Seng Index")
+
+
+def assert_shows_the_new_day(page, base: str) -> None:
+    """The header, the chart and the year-to-date table show the imported day, as the API answers it now."""
+    day = NEW_DAY[0]
+    page.wait_for_function(f"() => document.querySelector('#data-last-date').textContent === '{day}'")
+    page.wait_for_function(
+        f"() => document.querySelector('#ytd-table tr[data-code=\"HSI\"] td.last-date')?.textContent === '{day}'"
+    )
+    wait_ready(page)
+    page.wait_for_function(
+        f"() => document.querySelector('#chart svg polyline[data-code=\"HSI\"]')?.dataset.lastDate === '{day}'"
+    )
+    [hsi] = post(base, '{ yieldThisYear(codes: ["HSI"]) { yieldPct lastDate } }')["data"]["yieldThisYear"]
+    assert hsi["lastDate"] == day
+    shown = page.locator('#ytd-table tbody tr[data-code="HSI"] td.ytd').inner_text().strip()
+    assert Decimal(shown.removesuffix(" %")) == percent(hsi["yieldPct"])
+    version = httpx2.get(f"{base}/healthz").json()["data"]["version"]
+    assert page.get_attribute("#data-info", "data-version") == version
+
+
+def test_new_data_reaches_the_open_page_without_a_reload(chromium, live_server, live_data):
+    visit = Visit(chromium, live_server)
+    try:
+        page = visit.open()
+        page.wait_for_selector('#live-status[data-mode="live"]')
+        wait_for_subscribers(live_server, 1)
+        assert page.inner_text("#data-last-date") == "2026-07-24"
+        page.evaluate("window.notReloaded = 'the same page'")  # gone if the page navigated or reloaded
+        chart, ytd = generation(page, "chart"), generation(page, "ytd")
+
+        import_new_hsi_day(live_data)
+        assert_shows_the_new_day(page, live_server)
+        assert generation(page, "chart") > chart and generation(page, "ytd") > ytd
+        assert page.evaluate("window.notReloaded") == "the same page"
+        assert page.inner_text("#live-status") == "live"
+        assert [urlsplit(url).path for url in visit.sockets] == ["/graphql"]
+        assert not any("__typename" in url for url in visit.requests), "the page polled while live"
+        screenshot(page, "dashboard-live.png")
+        visit.assert_clean()
+    finally:
+        visit.close()
+
+
+def test_without_websockets_the_page_polls_and_still_picks_up_new_data(chromium, live_server, live_data):
+    # Every WebSocket the page opens is closed by the browser context at once, as a proxy without WebSocket
+    # support would: the page falls back to polling, and keeps trying the socket with backoff.
+    refused: list[str] = []
+
+    def refuse(socket) -> None:
+        refused.append(socket.url)
+        socket.close()
+
+    def block(context) -> None:
+        context.route_web_socket(re.compile(r".*/graphql$"), refuse)
+
+    visit = Visit(chromium, live_server)
+    try:
+        page = visit.open(prepare=block)
+        page.wait_for_selector('#live-status[data-mode="polling"]')
+        page.evaluate("window.notReloaded = 'the same page'")
+        import_new_hsi_day(live_data)
+        assert_shows_the_new_day(page, live_server)  # within one polling period (10 s)
+        assert page.evaluate("window.notReloaded") == "the same page"
+        assert page.get_attribute("#live-status", "data-mode") == "polling"
+        polls = [url for url in visit.requests if "__typename" in url]
+        assert polls and all(urlsplit(url).path == "/graphql" for url in polls)
+        assert len(refused) >= 2, "the socket is tried again"
+        visit.assert_clean()
+    finally:
+        visit.close()

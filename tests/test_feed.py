@@ -218,6 +218,16 @@ def test_refresh_right_after_an_import_serves_the_import_everywhere(fleet, data_
     assert body["data"]["yieldThisYear"][0] == {"code": "AAA", "yieldPct": pytest.approx(50.0), "lastDate": "2024-01-03"}
 
 
+def test_the_other_processes_take_up_a_refresh_with_no_request_of_their_own(fleet, data_dir):
+    one, two = fleet
+    before = data_version_of(two)
+    write(data_dir, "BBB", 150.0, days=3)
+    new_version = post(one, REFRESH, headers=ADMIN)["data"]["refreshCache"]["dataVersion"]
+    # /healthz reads the process's current snapshot and loads nothing itself: Redis told the process of the
+    # new data epoch (the refresh publishes it), and it looked at its files.
+    assert wait_until(lambda: data_version_of(two) != before and data_version_of(two), "the other process has the new data") == new_version
+
+
 def test_refresh_answers_its_data_version(make_client):
     client = make_client()
     body = post(client, REFRESH, headers=ADMIN)

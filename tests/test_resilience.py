@@ -181,6 +181,8 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(redis_server,
     with servers(redis_server.url, tmp_path, 2, GQL_CACHE_PREFIX=shared, GQL_CACHE_LEASE_SECONDS="1",
                  GQL_FAULT_COMPUTE_DELAY="2.0") as (a, b):
         outcome: dict[str, Any] = {}
+        # Each server process listens on the channel from its start (refreshes made through the others).
+        listening = wait_until(lambda: client.pubsub_numsub(f"{shared}:filled")[0][1] == 2 and 2, 10, "A and B to listen")
 
         def ask(name: str, server: ServerProcess) -> None:
             try:
@@ -193,8 +195,8 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(redis_server,
         wait_until(lambda: client.keys(f"{shared}:lease:compute:*"), 10, "A to take the lease")
         to_b = threading.Thread(target=ask, args=("b", b))
         to_b.start()
-        # B (its query worker) waits for the holder: it listens on the "filled" channel.
-        wait_until(lambda: client.pubsub_numsub(f"{shared}:filled")[0][1] >= 1, 10, "B to wait for A's computation")
+        # B (its query worker) waits for the holder: it listens on the "filled" channel too.
+        wait_until(lambda: client.pubsub_numsub(f"{shared}:filled")[0][1] > listening, 10, "B to wait for A's computation")
         assert "b" not in outcome
         a.kill()
         killed = time.monotonic()

@@ -12,7 +12,7 @@ All keys live under the configured prefix (`GQL_CACHE_PREFIX`):
 | `<p>:response:<digest>:meta|raw|deflate` | a stored whole response (gql/stored.py) |
 | `<p>:apq:<sha256>` | an Automatic Persisted Query's text |
 | `<p>:scheduled-refresh:<slot>` | the claim of the process that runs a scheduled refresh |
-| `<p>:filled` (channel) | "a computation ended" messages, `<entry key>|<outcome>` |
+| `<p>:filled` (channel) | "a computation ended" messages, `<entry key>|<outcome>`; invalidations, `<generation key>|<generation>` |
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Pub/sub waiters: a process waiting for another's computation is woken by its message, not a timer."""
+"""Pub/sub waiters: a process waiting for another's computation is woken by its message, not a timer; and
+followers of a topic, called for each of its messages (invalidations: gql/cache/results.py `on_invalidated`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -25,6 +26,9 @@ class Notifications:
         self._channel = channel
         self._usable = usable
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        # Called for every message of their topic, for as long as the process runs (see `follow`).
+        self._followers: dict[str, list[Callable[[str | None], Awaitable[None]]]] = {}
+        self._handling: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
@@ -40,6 +44,26 @@ class Notifications:
             waiting.remove(waiter)
             if not waiting:
                 del self._waiters[topic]
+
+    def follow(self, topic: str, handler: Callable[[str | None], Awaitable[None]]) -> None:
+        """Run `handler(outcome)` for every message about `topic` from now on, and `handler(None)` each time the
+        subscription (re)starts: messages sent while it was down are lost, so the handler looks for itself."""
+        self._followers.setdefault(topic, []).append(handler)
+
+    def _run_followers(self, topic: str | None, outcome: str | None) -> None:
+        for followed, handlers in self._followers.items():
+            if topic is None or followed == topic:
+                for handler in handlers:
+                    task = asyncio.ensure_future(self._follow_safely(handler, outcome))
+                    self._handling.add(task)
+                    task.add_done_callback(self._handling.discard)
+
+    @staticmethod
+    async def _follow_safely(handler: Callable[[str | None], Awaitable[None]], outcome: str | None) -> None:
+        try:
+            await handler(outcome)
+        except Exception:  # a handler's failure must not end the listener, and is logged with its traceback
+            log.exception("handling a cache notification failed")
 
     async def next_outcome(self, waiter: asyncio.Future[str], within: float) -> str | None:
         """The outcome the waiter gets within `within` seconds; None if none came (or no subscription yet)."""
@@ -57,6 +81,9 @@ class Notifications:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
+        for task in list(self._handling):
+            task.cancel()
+        await asyncio.gather(*self._handling, return_exceptions=True)
 
     def ensure_listening(self) -> None:
         """Subscribe (in the background) if not yet: started when this process first waits."""
@@ -73,6 +100,7 @@ class Notifications:
             try:
                 await pubsub.subscribe(self._channel)
                 self.listening.set()
+                self._run_followers(None, None)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
@@ -80,6 +108,8 @@ class Notifications:
                         for waiter in self._waiters.pop(topic, ()):
                             if not waiter.done():
                                 waiter.set_result(outcome)
+                        if topic in self._followers:
+                            self._run_followers(topic, outcome)
             except (RedisError, OSError) as exc:
                 log.debug("cache notifications interrupted: %s", exc)
                 await asyncio.sleep(0.2)

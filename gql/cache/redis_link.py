@@ -59,6 +59,14 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
+# Invalidate a namespace: increment its generation and tell every process (`<generation key>|<new generation>`).
+# KEYS: generation; ARGV: channel. Returns the new generation.
+BUMP = """
+local generation = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], KEYS[1] .. '|' .. generation)
+return generation
+"""
+
 # Keep the lease while the computation runs; 0 when it is no longer ours.
 EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -114,6 +122,11 @@ class RedisLink:
         metrics.breaker(BreakerState.OPEN if self.disabled else BreakerState.CLOSED, opened=False)
         self._on_reconnect = on_reconnect
         self._probing = False
+
+    async def bump(self, generation_key: str, channel: str, client: redis.Redis | None = None) -> int:
+        """Run BUMP. Sent whole (EVAL, not a script's EVALSHA): like a plain INCR, it takes effect when Redis reads
+        it even if its answer comes too late for us (a frozen Redis, then thawed), and invalidations are rare."""
+        return int(await (client or self.reader).eval(BUMP, 1, generation_key, channel))
 
     @property
     def in_use(self) -> bool:

@@ -264,17 +264,29 @@ class ResultCache:
             return
         if await self.link.usable():
             try:
-                await self.link.call(self.link.reader.incr, self.keys.generation(namespace))
+                # Published too: every process following the namespace hears of it (`on_invalidated`).
+                await self.link.call(self.link.bump, self.keys.generation(namespace), self.keys.channel)
                 return
             except Unavailable:
                 pass
         # Redis holds entries from before this invalidation: bump its generation before using it again.
         self._pending_invalidations.add(namespace)
 
+    def on_invalidated(self, namespace: str, handler: Callable[[int | None], Awaitable[None]]) -> None:
+        """Call `handler(generation)` whenever any process invalidates the namespace, from now on (this
+        process listens to the channel from now on). `handler(None)`: the subscription to the channel has just
+        (re)started, so an invalidation may have been missed meanwhile; look at the generation."""
+
+        async def heard(outcome: str | None) -> None:
+            await handler(int(outcome) if outcome else None)
+
+        self._notify.follow(self.keys.generation(namespace), heard)
+        self._notify.ensure_listening()
+
     async def _reconnected(self, client: redis.Redis) -> None:
         """Redis answers again: apply the invalidations made meanwhile, before anyone reads it."""
         for namespace in sorted(self._pending_invalidations):
-            await client.incr(self.keys.generation(namespace))
+            await self.link.bump(self.keys.generation(namespace), self.keys.channel, client)
             self._pending_invalidations.discard(namespace)
         # Local entries may predate refreshes made through other processes while Redis was away.
         self.local.forget()

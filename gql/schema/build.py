@@ -15,7 +15,7 @@ from gql.config import Settings
 from gql.errors import ErrorPolicy, is_unexpected
 from gql.limits import limit_extensions
 from gql.schema.report import CacheReportExtension
-from gql.schema.resolvers import Mutation, Query
+from gql.schema.resolvers import Mutation, Query, Subscription
 from gql.schema.types import CACHED_FIELDS, DATE
 
 
@@ -40,6 +40,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return _Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(batching_config={"max_operations": settings.max_batch}),
         execution_context_class=ColumnarExecutionContext,

@@ -13,6 +13,7 @@ from typing import Any
 
 from strawberry.extensions import SchemaExtension
 from strawberry.types import Info
+from strawberry.types.graphql import OperationType
 
 from gql.cache import CacheResult, CacheStatus
 
@@ -89,6 +90,10 @@ class CacheReportExtension(SchemaExtension):
         _cache_report.reset(token)
 
     def get_results(self) -> dict[str, Any]:
+        if _is_subscription(self.execution_context):
+            # A subscription's events carry their data version in their data; the connection's snapshot
+            # (taken when it opened) would name an older one. No event has a cached field.
+            return {}
         report = list(getattr(self, "_report", None) or _cache_report.get() or [])
         result = self.execution_context.result
         data = getattr(result, "data", None)
@@ -96,3 +101,10 @@ class CacheReportExtension(SchemaExtension):
             order = {name: i for i, name in enumerate(data)}
             report.sort(key=lambda entry: order.get(entry.path.split(".")[0], len(order)))
         return {"cache": as_json(report), "dataVersion": self.execution_context.context.snapshot.version}
+
+
+def _is_subscription(context: Any) -> bool:
+    try:
+        return context.operation_type is OperationType.SUBSCRIPTION
+    except RuntimeError:  # no document, or no operation to run in it
+        return False

@@ -6,19 +6,22 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import strawberry
 from starlette.requests import Request
+from starlette.websockets import WebSocket
 from strawberry.types import Info
 
-from gql import analytics
+from gql import analytics, metrics
 from gql.data import PriceStore
 from gql.errors import FORBIDDEN, AuthError
 from gql.schema import report
 from gql.schema.arguments import chart_arguments, yield_arguments
 from gql.schema.types import (
     CacheTarget,
+    DataChanged,
     Frequency,
     IndexChart,
     IndexInfo,
@@ -33,9 +36,11 @@ log = logging.getLogger("gql.schema")  # the name operators filter on (as before
 
 @dataclass
 class Context:
-    request: Request | None  # None in a query worker process (gql/workers.py), which serves only queries
+    # The WebSocket of a subscription's connection (gql/subscriptions.py); None in a query worker process
+    # (gql/workers.py), which serves only queries.
+    request: Request | WebSocket | None
     service: Service
-    snapshot: PriceStore  # the data of this request: every field is answered from it
+    snapshot: PriceStore  # the data of this request: every field is answered from it (for a connection: when it opened)
 
 
 @strawberry.type
@@ -130,3 +135,24 @@ class Mutation:
             refreshed=[RefreshedField(target=t.target, duration_ms=t.duration_ms, coalesced=t.coalesced) for t in done.targets],
             data_version=done.snapshot.version,
         )
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="One event for every new data version this server process takes up from now on, whatever the data "
+        "source: an import its file watcher sees, or a refreshCache made through any process of the fleet. Over "
+        "WebSocket only (graphql-transport-ws at /graphql); a client that reconnects should ask again what it shows, "
+        "since changes made while it was away are not replayed."
+    )
+    async def data_changed(self, info: Info) -> AsyncGenerator[DataChanged, None]:
+        changes = info.context.service.data.changes()
+        # Counted in the same step as the feed registers the listener (on the first `anext`, with no await
+        # in between): a subscription in the gauge hears every change from then on.
+        metrics.SUBSCRIPTIONS.inc()
+        try:
+            async for change in changes:
+                yield DataChanged.of(change)
+        finally:
+            metrics.SUBSCRIPTIONS.dec()
+            await changes.aclose()

@@ -12,6 +12,7 @@ from graphql import GraphQLError
 
 from gql.columns import ColumnarList
 from gql.errors import shown
+from gql.feed import DataChange
 
 # The cached fields: each is a namespace of the result cache (refreshCache invalidates it as a whole).
 CHART_NAMESPACE = "indexChart"
@@ -155,3 +156,22 @@ class RefreshResult:
     data_version: str = strawberry.field(
         description="The data version the fields were recomputed from: what the data source held when the call began."
     )
+
+
+@strawberry.type(description="A new version of the data set: this server process answers from it from now on.")
+class DataChanged:
+    version: str = strawberry.field(
+        description="The new data version: extensions.dataVersion of the answers from now on, data.version of /healthz."
+    )
+    previous_version: str = strawberry.field(description="The data version answered from before this change.")
+    codes: list[str] = strawberry.field(
+        description="Indexes added, removed or changed (closes, name or source), in data-set order, removed ones last."
+    )
+    last_date: dt.date = strawberry.field(description="The latest close in the new data set, of any index.")
+
+    @classmethod
+    def of(cls, change: DataChange) -> DataChanged:
+        return cls(
+            version=change.version, previous_version=change.previous, codes=list(change.codes),
+            last_date=dt.date.fromisoformat(change.last_date),
+        )

@@ -23,6 +23,14 @@
   yieldThisYear { code name yieldPct baseDate baseClose lastDate lastClose baseIsFirstCloseOfYear }
 }`;
   const REFRESH_MUTATION = `mutation Refresh { refreshCache { refreshed { target durationMs } } }`;
+  const CHANGES_SUBSCRIPTION = `subscription DataChanged { dataChanged { version previousVersion codes lastDate } }`;
+  // The cheapest question whose answer names the data version (extensions.dataVersion): no resolver, no rows,
+  // and the server catches up with the fleet's data epoch before answering it.
+  const VERSION_QUERY = "{ __typename }";
+  const POLL_MS = 10000;
+  const RETRY_MIN_MS = 1000;
+  const RETRY_MAX_MS = 60000;
+  const ACK_TIMEOUT_MS = 10000;
 
   const state = {
     indexes: [],
@@ -39,6 +47,21 @@
     ytdRows: null, // the year-to-date rows last loaded: a YTD chart starts at their base close
     ytdLoad: null,
     without: [], // selected indexes with no close in the chart's range (charted: none of them)
+    dataVersion: null, // the data version the page shows (of the index list last loaded)
+  };
+
+  // How the page hears of new data: the dataChanged subscription, or polling while the socket is down.
+  const live = {
+    socket: null,
+    mode: "connecting",
+    retryMs: RETRY_MIN_MS, // the next wait before trying the socket again (doubles, up to RETRY_MAX_MS)
+    retryTimer: null,
+    since: 0, // when the socket was acknowledged: one that lasted is retried at once after it closes
+    pollTimer: null,
+    reloading: null, // the reload under way, if any
+    again: false, // another change came during it
+    heard: null, // the version the last event named, and how often the page has asked for it in vain
+    tries: 0,
   };
 
   const $ = (selector) => document.querySelector(selector);
@@ -82,7 +105,7 @@
     if (!response.ok || !body.data) {
       throw new ApiError(`the API answered HTTP ${response.status} without data`, `HTTP_${response.status}`, cache);
     }
-    return { data: body.data, cache };
+    return { data: body.data, cache, version: body.extensions && body.extensions.dataVersion };
   }
 
   // --- Formatting ------------------------------------------------------------------------------------
@@ -772,6 +795,157 @@
     }
   }
 
+  // --- Live updates ----------------------------------------------------------------------------------
+  //
+  // A minimal graphql-transport-ws client (connection_init, subscribe, next/error/complete, ping/pong) on
+  // the page-relative URL, so the page works under a path prefix. When the socket cannot be opened or
+  // closes, the page polls for the data version and tries the socket again later, with backoff.
+
+  function setLiveMode(mode) {
+    live.mode = mode;
+    const el = $("#live-status");
+    el.dataset.mode = mode;
+    el.textContent = mode === "live" ? "live" : mode === "polling" ? "polling" : "connecting…";
+    el.title = mode === "live"
+      ? "Live: the page updates itself when new data arrives"
+      : mode === "polling"
+        ? `Polling: the live connection is down; the page checks for new data every ${POLL_MS / 1000} s`
+        : "Connecting to the live updates…";
+  }
+
+  function socketUrl() {
+    const url = new URL("graphql", location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.search = "";
+    url.hash = "";
+    return url.href;
+  }
+
+  function connectLive() {
+    live.retryTimer = null;
+    let socket;
+    try {
+      socket = new WebSocket(socketUrl(), "graphql-transport-ws");
+    } catch {
+      socketDown();
+      return;
+    }
+    live.socket = socket;
+    const send = (message) => socket.send(JSON.stringify(message));
+    // A server (or proxy) that never acknowledges is as good as none.
+    const ackTimer = setTimeout(() => socket.close(), ACK_TIMEOUT_MS);
+    socket.addEventListener("open", () => send({ type: "connection_init", payload: {} }));
+    socket.addEventListener("message", (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        socket.close(4400, "not JSON");
+        return;
+      }
+      if (message.type === "connection_ack") {
+        clearTimeout(ackTimer);
+        send({ id: "data", type: "subscribe", payload: { query: CHANGES_SUBSCRIPTION } });
+        const wasPolling = live.mode === "polling";
+        live.since = Date.now();
+        stopPolling();
+        setLiveMode("live");
+        // A change between the page's last answer and this subscription was not heard: look once.
+        if (wasPolling) checkVersion();
+      } else if (message.type === "ping") {
+        send({ type: "pong" });
+      } else if (message.type === "next" && message.id === "data") {
+        const change = message.payload && message.payload.data && message.payload.data.dataChanged;
+        if (change && change.version !== state.dataVersion) {
+          live.heard = change.version;
+          live.tries = 0;
+          reloadData();
+        }
+      } else if (message.type === "error" || message.type === "complete") {
+        socket.close(); // the subscription was refused or ended: poll, and subscribe again later
+      }
+    });
+    socket.addEventListener("close", () => {
+      clearTimeout(ackTimer);
+      if (live.socket !== socket) return;
+      live.socket = null;
+      // A socket refused again and again (a limit, a proxy) is tried less and less often.
+      if (live.since && Date.now() - live.since > RETRY_MAX_MS / 6) live.retryMs = RETRY_MIN_MS;
+      live.since = 0;
+      socketDown();
+    });
+  }
+
+  function socketDown() {
+    const wasLive = live.mode === "live";
+    setLiveMode("polling");
+    startPolling();
+    if (wasLive) checkVersion(); // changes may have come while the socket was going down
+    if (live.retryTimer === null) {
+      const delay = live.retryMs * (0.75 + Math.random() / 2);
+      live.retryMs = Math.min(RETRY_MAX_MS, live.retryMs * 2);
+      live.retryTimer = setTimeout(connectLive, delay);
+    }
+  }
+
+  function startPolling() {
+    if (live.pollTimer === null) live.pollTimer = setInterval(checkVersion, POLL_MS);
+  }
+
+  function stopPolling() {
+    if (live.pollTimer !== null) clearInterval(live.pollTimer);
+    live.pollTimer = null;
+  }
+
+  async function checkVersion() {
+    try {
+      const response = await fetch(`graphql?query=${encodeURIComponent(VERSION_QUERY)}`, {
+        headers: { accept: "application/json" },
+        cache: "no-store",
+      });
+      const body = await response.json();
+      const version = body && body.extensions && body.extensions.dataVersion;
+      if (version && version !== state.dataVersion) reloadData();
+    } catch {
+      // Unreachable for now: the next poll asks again.
+    }
+  }
+
+  // New data: the index list, the chart and the year-to-date table again, in place. Changes that come
+  // during a reload make one more reload after it.
+  function reloadData() {
+    if (live.reloading) {
+      live.again = true;
+      return live.reloading;
+    }
+    live.reloading = (async () => {
+      do {
+        live.again = false;
+        const ytd = loadYtd();
+        if (await loadIndexes()) {
+          renderHeader();
+          renderIndexOptions();
+        } else {
+          renderHeader();
+          refreshIndexTitles();
+        }
+        await Promise.all([loadChart(), ytd]);
+        if (state.ytdRows) renderYtd(state.ytdRows); // with the index list it was loaded beside
+      } while (live.again);
+    })().finally(() => {
+      live.reloading = null;
+      // With several server processes, the one answering may take up the new data a moment after the one
+      // that told of it: ask again shortly, a few times.
+      if (live.heard && live.heard !== state.dataVersion && live.tries < 5) {
+        live.tries += 1;
+        setTimeout(reloadData, 1000);
+      } else {
+        live.heard = null;
+      }
+    });
+    return live.reloading;
+  }
+
   // --- Controls and start ----------------------------------------------------------------------------
 
   function pressOnly(container, button) {
@@ -822,26 +996,54 @@
     observer.observe($("#chart-area"));
   }
 
-  async function start() {
-    bindControls();
-    const ytd = loadYtd();
+  // The index list; true when indexes were added or removed (the picker is drawn again). Colours stay with
+  // their index, a new one takes the first colour not in use; a removed index leaves the selection.
+  async function loadIndexes() {
+    let answer;
     try {
-      const { data } = await graphql(INDEXES_QUERY);
-      state.indexes = data.indexes;
-      state.indexes.forEach((index, i) => state.colors.set(index.code, PALETTE[i % PALETTE.length]));
-      state.lastDate = state.indexes.reduce((last, i) => (last && last > i.lastDate ? last : i.lastDate), null);
-      const defaults = DEFAULT_CODES.filter((code) => state.colors.has(code));
-      const chosen = defaults.length ? defaults : state.indexes.slice(0, 3).map((i) => i.code);
-      chosen.forEach((code) => state.selected.add(code));
+      answer = await graphql(INDEXES_QUERY);
       hideError("#data-error");
     } catch (err) {
       showError("#data-error", `Could not load the list of indexes: ${errorText(err)}`);
-      $("#data-source").textContent = "unavailable";
+      if (!state.indexes.length) $("#data-source").textContent = "unavailable";
+      return false;
     }
+    const before = state.indexes.map((i) => i.code).join(",");
+    state.indexes = answer.data.indexes;
+    const codes = new Set(state.indexes.map((i) => i.code));
+    for (const code of [...state.colors.keys()]) if (!codes.has(code)) state.colors.delete(code);
+    for (const code of [...state.selected]) if (!codes.has(code)) state.selected.delete(code);
+    for (const index of state.indexes) {
+      if (state.colors.has(index.code)) continue;
+      const used = new Set(state.colors.values());
+      state.colors.set(index.code, PALETTE.find((c) => !used.has(c)) || PALETTE[state.colors.size % PALETTE.length]);
+    }
+    state.lastDate = state.indexes.reduce((last, i) => (last && last > i.lastDate ? last : i.lastDate), null);
+    state.dataVersion = answer.version || null;
+    $("#data-info").dataset.version = state.dataVersion || "";
+    return state.indexes.map((i) => i.code).join(",") !== before;
+  }
+
+  function refreshIndexTitles() {
+    const byCode = new Map(state.indexes.map((i) => [i.code, i]));
+    for (const input of document.querySelectorAll("#index-options input[data-code]")) {
+      const index = byCode.get(input.dataset.code);
+      if (index) input.closest("label").title = `${index.name}: ${index.firstDate} to ${index.lastDate}`;
+    }
+  }
+
+  async function start() {
+    bindControls();
+    const ytd = loadYtd();
+    await loadIndexes();
+    const defaults = DEFAULT_CODES.filter((code) => state.colors.has(code));
+    const chosen = defaults.length ? defaults : state.indexes.slice(0, 3).map((i) => i.code);
+    chosen.forEach((code) => state.selected.add(code));
     renderHeader();
     renderIndexOptions();
     if (state.ytdRows) renderYtd(state.ytdRows); // the rows came first: now the indexes without one are known
     await Promise.all([loadChart(), ytd]);
+    connectLive();
   }
 
   start();
