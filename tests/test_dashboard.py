@@ -18,9 +18,11 @@ import httpx2
 import pytest
 
 from gql.app import create_app
+from gql.db.write import import_into_database, init_database
 from gql.importer import import_csv
 from tests.support.browser import Chromium, screenshot
-from tests.support.realdata import FIXTURES, import_real
+from tests.support.databases import fresh_database
+from tests.support.realdata import FIXTURES, REAL, import_real
 from tests.support.servers import prefixed, running_server, serving
 from tests.support.subscriptions import wait_for_subscribers
 
@@ -461,6 +463,30 @@ def test_new_data_reaches_the_open_page_without_a_reload(chromium, live_server, 
         visit.assert_clean()
     finally:
         visit.close()
+
+
+def test_a_row_inserted_by_a_plain_sql_client_shows_up_on_the_open_page(chromium, redis_server, tmp_path):
+    # Prices in PostgreSQL (a database of the test's own), written by psql as an ETL job would: NOTIFY reaches the
+    # server, the subscription the page, and the page shows the new day with no reload and no refresh.
+    with fresh_database("postgresql") as db:
+        init_database(db.url)
+        for file, code, name in REAL:
+            import_into_database(db.url, FIXTURES / file, code, name)
+        with running_server(redis_server.url, GQL_DATABASE_URL=db.url) as base:
+            visit = Visit(chromium, base)
+            try:
+                page = visit.open()
+                page.wait_for_selector('#live-status[data-mode="live"]')
+                wait_for_subscribers(base, 1)
+                page.evaluate("window.notReloaded = 'the same page'")
+                db.sql(f"INSERT INTO index_close (code, trade_date, close) VALUES ('HSI', '{NEW_DAY[0]}', 25312.45)")
+                assert_shows_the_new_day(page, base)
+                assert page.evaluate("window.notReloaded") == "the same page"
+                assert httpx2.get(f"{base}/healthz", timeout=10).json()["data"]["source"] == f"database {db.url}"
+                screenshot(page, "dashboard-database.png")
+                visit.assert_clean()
+            finally:
+                visit.close()
 
 
 def test_without_websockets_the_page_polls_and_still_picks_up_new_data(chromium, live_server, live_data):
