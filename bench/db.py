@@ -134,6 +134,7 @@ def run(opts: argparse.Namespace) -> DbResult:
                 small = dbsetup.synthetic(opts.mariadb_indexes, opts.days)
                 result.fill_seconds["mariadb"] = _filled(url, small)
                 result.latency.append(commit_to_answer(url, small, opts.commits, workdir))
+        result.logs = {path.stem: path.read_text(errors="replace").splitlines() for path in sorted(workdir.glob("*.log"))}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result.elapsed = time.monotonic() - began

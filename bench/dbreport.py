@@ -62,6 +62,7 @@ class DbResult:
     consistent: bool | None = None  # the picked-up snapshot equals a fresh full load
     profile: list[str] = field(default_factory=list)
     latency: list[LatencyRun] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)  # what the servers of section 3 logged (warnings and up)
     elapsed: float = 0.0
     load_before: float = 0.0
 
@@ -231,5 +232,6 @@ def render(result: DbResult, command: str) -> str:
          "machine skews results; every ratio is to a baseline measured in the same round)."),
         "",
     ]
-    sections = [setup_section(result), cold_load_section(result), pickup_section(result), latency_section(result)]
+    sections = [setup_section(result), cold_load_section(result), pickup_section(result), latency_section(result),
+                report.logs_section(result.logs)]
     return "\n".join(head + [line for section in sections for line in section])
