@@ -288,7 +288,8 @@ def pickups(url: str, data: Dataset, rounds: int) -> tuple[list[PickupRound], bo
             naive = time.perf_counter() - began
             results.append(PickupRound(new_day, past_update, delete, naive, len(frame)))
             del frame
-            _log(f"pickup {number + 1}/{rounds}: new day {new_day.seconds * 1000:.1f} ms ({new_day.rows} rows), "
+            _log(f"pickup {number + 1}/{rounds}: new day {new_day.seconds * 1000:.1f} ms ({new_day.rows} rows; "
+                 f"DataChange.between {new_day.change_seconds * 1000:.1f} ms), "
                  f"update 15 y back {past_update.seconds * 1000:.1f} ms ({past_update.rows}), delete {delete.seconds * 1000:.1f} ms "
                  f"({delete.rows}); read_sql {naive:.2f} s")
         fresh = DatabaseSource(url)
@@ -303,14 +304,19 @@ def pickups(url: str, data: Dataset, rounds: int) -> tuple[list[PickupRound], bo
 
 
 def _picked_up(source, write: Callable[[], str]) -> Pickup:
-    """Commit with `write`, then time the source's pickup of it; it must reach the committed version."""
-    version = write()
+    """Commit with `write`, then time the source's pickup of it (it must reach the committed version), and what a
+    server does next on its event loop: DataChange.between, which tells subscribers the indexes that changed."""
+    from gql.feed import DataChange
+
+    version, old = write(), source.store
     began = time.perf_counter()
     store = source.reload()
     seconds = time.perf_counter() - began
     if store.version != version:
         raise SystemExit(f"the pickup reached version {store.version}, not the committed {version}")
-    return Pickup(seconds, source.last_pickup.rows, source.last_pickup.full)
+    began = time.perf_counter()
+    DataChange.between(old, store)
+    return Pickup(seconds, source.last_pickup.rows, source.last_pickup.full, time.perf_counter() - began)
 
 
 # --- 3. commit to answer -----------------------------------------------------------------------------

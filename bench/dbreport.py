@@ -26,9 +26,10 @@ class LoadRound:
 
 @dataclass(frozen=True)
 class Pickup:
-    seconds: float
+    seconds: float  # of source.reload()
     rows: int  # change-log rows read (last_pickup.rows)
     full: bool
+    change_seconds: float  # of DataChange.between(old, new): a server's next step, on its event loop
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ def cold_load_section(result: DbResult) -> list[str]:
          f"Source: the full load into a PriceStore a process does at start (engine, connection, version row, index rows, "
          f"the closes, {result.opts.indexes:,} IndexHistory objects). Limit: `COPY ({LIMIT_SQL}) TO STDOUT` to /dev/null, "
          f"through psycopg and through `psql -c \"\\copy ... to /dev/null\"`. One unmeasured COPY first, then "
-         f"{len(loads)} rounds in a rotating order; ratios per round."),
+         f"{len(loads)} rounds in a rotating order; ratios per round. psycopg hands over COPY data one row per Python "
+         "call, so for millions of rows psql (libpq in C) is the real floor; the source's own COPY sends one row per "
+         "index, its days and closes as arrays (gql/db/source.py), and may beat psycopg's COPY of the rows."),
         "",
         "| round | source s | psycopg COPY s | psql \\copy s | source ÷ psycopg | source ÷ psql |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -122,14 +125,18 @@ def pickup_section(result: DbResult) -> list[str]:
          f"trading day for all {result.opts.indexes:,} indexes (one `INSERT ... SELECT unnest(...)`), then an update of one "
          "close 15 years back, then a delete of one close 10 years back; each is followed by a timed `reload()`. "
          "Rows: change-log rows read (`last_pickup.rows`); full: whether it had to load everything. "
-         "Naive: `pandas.read_sql(\"SELECT code, trade_date, close FROM index_close\", engine)` in the same round."),
+         "Naive: `pandas.read_sql(\"SELECT code, trade_date, close FROM index_close\", engine)` in the same round. "
+         "Change: `DataChange.between(old, new)` after the new day's pickup, what a server does next (on its event loop: "
+         "it hashes every changed index, to tell subscribers which ones changed); not part of the ratio."),
         "",
-        "| round | new day ms | rows | update 15 y back ms | rows | delete ms | rows | any full | read_sql s | rows | read_sql ÷ new day |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        ("| round | new day ms | rows | change ms | update 15 y back ms | rows | delete ms | rows | any full | read_sql s | rows "
+         "| read_sql ÷ new day |"),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for number, r in enumerate(rounds, 1):
         full = any(p.full for p in (r.new_day, r.past_update, r.delete))
-        lines.append(f"| {number} | {r.new_day.seconds * 1000:.1f} | {r.new_day.rows:,} | {r.past_update.seconds * 1000:.1f} "
+        lines.append(f"| {number} | {r.new_day.seconds * 1000:.1f} | {r.new_day.rows:,} | {r.new_day.change_seconds * 1000:.1f} "
+                     f"| {r.past_update.seconds * 1000:.1f} "
                      f"| {r.past_update.rows} | {r.delete.seconds * 1000:.1f} | {r.delete.rows} | {'yes' if full else 'no'} "
                      f"| {r.naive:.2f} | {r.naive_rows:,} | {r.naive / r.new_day.seconds:.0f}x |")
     update = [r.naive / r.past_update.seconds for r in rounds]
