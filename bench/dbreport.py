@@ -160,7 +160,8 @@ def latency_section(result: DbResult) -> list[str]:
          "trading day for every index at a random moment (0.05–0.6 s after the previous one was seen); a thread polls "
          "`GET /healthz` on one keep-alive connection about every 2 ms (resolution column) and notes `data.version`, "
          "the snapshot requests are answered from. Delay: from the COMMIT's return to the first answer of the "
-         "committed version. PostgreSQL follows commits by LISTEN/NOTIFY; MariaDB by polling the version row every "
+         "committed version (p99 is the nearest rank: with fewer than 100 commits, the slowest). PostgreSQL follows "
+         "commits by LISTEN/NOTIFY; MariaDB by polling the version row every "
          "GQL_DATABASE_POLL_SECONDS = 0.5 s."),
         "",
         ("| database | indexes | closes | server ready s | commits | p50 ms | p99 ms | max ms | target | p99 | resolution ms "
