@@ -10,11 +10,15 @@ data, then measures, in order:
   6. Redis faults and stampedes (bench/faults.py, on servers and redis-servers of its own): added latency while
      Redis refuses connections or is frozen, and computations per burst of cold requests on several servers;
   7. data pickup (bench/pickup.py, servers of its own): from an import's return to the first answer of the new
-     data version on each process, with file system events and with forced polling.
-Writes a Markdown report to bench/results/benchmark.md (and bench/results/faults.md, linked from it) and prints it.
+     data version on each process, with file system events and with forced polling;
+  8. the database source (bench/db.py, on databases of its own on the machine's PostgreSQL and MariaDB): the cold
+     load of 5 million closes against COPY of the same rows, pickups of a commit against read_sql of the table,
+     and from a COMMIT to the first answer of a running server.
+Writes a Markdown report to bench/results/benchmark.md (and bench/results/faults.md and database.md, linked from
+it) and prints it.
 
-    make bench                                                           # defaults: about 7 minutes
-    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5"   # quicker
+    make bench                                                           # defaults: about 11 minutes
+    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5 --db quick"   # quicker
     .venv/bin/python -m bench.run --help
 """
 
@@ -40,7 +44,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench import faults, pickup, report
+from bench import db, dbreport, faults, pickup, report
 from bench.ceiling_app import key_for as ceiling_key
 from bench.flask_app import key_for as flask_key
 from bench.load import sequential, timed_post, wrk
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.pickup_imports > 0:
             _log(f"data pickup ({args.pickup_imports} imports per watcher mode)")
             picked = pickup.run(args.pickup_imports, 1.0)
+        databases = None
+        if args.db != "off":
+            _log(f"database source ({args.db})")
+            databases = db.run(db.settings(quick=args.db == "quick"))
         _log("timing index_chart in process")
         scaling = cold_scaling(args.scaling_sizes, args.scaling_runs)
         partial = partial_hits(max(args.scaling_runs, 5))
@@ -125,12 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     if faulted is not None:
         faults_file.write_text(faults.render(faulted, command.strip()), encoding="utf-8")
         _log(f"wrote {faults_file}")
+    database_file = args.output.parent / "database.md"
+    if databases is not None:
+        database_file.write_text(dbreport.render(databases, command.strip()), encoding="utf-8")
+        _log(f"wrote {database_file}")
     text = report.render(
         [report.throughput_section(cells, settings), report.cold_hit_section(cold_hit),
          report.loaded_section(loaded, args.cold_clients, args.latency_seconds),
          report.scaling_section(scaling, args.scaling_runs), report.partial_hits_section(partial, max(args.scaling_runs, 5)),
          faults.summary(faulted, faults_file.name) if faulted is not None else [],
          pickup.section(picked) if picked is not None else [],
+         dbreport.summary(databases, database_file.name) if databases is not None else [],
          report.logs_section(server_logs)],
         command.strip(), time.monotonic() - began, (load_before, load_during),
     )
@@ -161,8 +174,11 @@ def _parser() -> argparse.ArgumentParser:
         help="Redis faults and stampedes (bench/faults.py): full (about 2 minutes), quick (a smoke run) or off (default full)")
     add("--pickup-imports", type=int, default=20,
         help="data pickup (bench/pickup.py): imports per watcher mode, 0 to skip (default 20, about 1 minute)")
+    add("--db", choices=("full", "quick", "off"), default="full",
+        help="the database source (bench/db.py): full (1,000 indexes x 5,040 days, about 4 minutes), quick (100 indexes, "
+             "a smoke run) or off (default full)")
     add("--output", type=Path, default=RESULTS / "benchmark.md",
-        help="report file (default bench/results/benchmark.md; faults.md is written next to it)")
+        help="report file (default bench/results/benchmark.md; faults.md and database.md are written next to it)")
     return parser
 
 
