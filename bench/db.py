@@ -14,10 +14,10 @@ over the rounds.
    the table. Against the naive way, `pandas.read_sql` of the whole close table. Target: at least 20x cheaper.
    Also one close updated 15 years back and one deleted 10 years back (each one row of the log or two). After
    the rounds the snapshot kept up by pickups is compared with a fresh full load.
-3. Commit to answer, on a running server (`python -m gql serve`, one worker, Redis of its own). From the
-   return of the COMMIT of a new day for every index to the first `/healthz` answer whose `data.version` is
-   the committed one (the schema has no subscription yet; `/healthz` reports the snapshot that requests are
-   answered from), polled in a tight loop. p50 and p99 over many commits, each at a random moment. PostgreSQL
+3. Commit to subscriber, on a running server (`python -m gql serve`, one worker, Redis of its own). From the
+   return of the COMMIT of a new day for every index to the arrival of the `dataChanged` event naming the
+   committed version at a graphql-transport-ws subscriber (what an open dashboard hears; the server takes the
+   version up for every answer before it tells subscribers). p50 and p99 over many commits, each at a random moment. PostgreSQL
    (LISTEN/NOTIFY; target within 1 s) and MariaDB (a version poll every GQL_DATABASE_POLL_SECONDS = 0.5 s;
    target within 2 s; a smaller data set: its full load reads rows through PyMySQL, about 20 µs each).
 
@@ -57,7 +57,6 @@ import psycopg
 from bench import dbsetup
 from bench.dbreport import LIMIT_SQL, DbResult, LatencyRun, LoadRound, Pickup, PickupRound, render
 from bench.dbsetup import Dataset
-from bench.load import median
 from bench.servers import ROOT, Variant, redis_server, started, wait_until
 
 RESULTS = ROOT / "bench" / "results"
@@ -329,34 +328,48 @@ class Seen:
     version: str
 
 
-class VersionPoller:
-    """GET /healthz again and again on one keep-alive connection, noting each answer's data.version."""
+class Subscriber:
+    """One `dataChanged` subscription over graphql-transport-ws, noting when each new version's event arrives:
+    what an open dashboard hears."""
 
-    def __init__(self, port: int, pause: float = 0.002) -> None:
-        self.port, self.pause = port, pause
+    def __init__(self, port: int) -> None:
+        self.url = f"ws://127.0.0.1:{port}/graphql"
         self.seen: list[Seen] = []
+        self.listening = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            try:
-                conn.request("GET", "/healthz")
-                version = json.loads(conn.getresponse().read())["data"]["version"]
-                self.seen.append(Seen(sent, time.monotonic(), version))
-            except (OSError, http.client.HTTPException, ValueError, KeyError):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            self.stop.wait(self.pause)
-        conn.close()
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+        from websockets.typing import Subprotocol
+
+        with connect(self.url, subprotocols=[Subprotocol("graphql-transport-ws")], open_timeout=10, proxy=None) as socket:
+            socket.send(json.dumps({"type": "connection_init"}))
+            assert json.loads(socket.recv(10))["type"] == "connection_ack"
+            socket.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { dataChanged { version } }"}}))
+            self.listening.set()
+            while not self.stop.is_set():
+                try:
+                    message = json.loads(socket.recv(0.5))
+                except TimeoutError:
+                    continue
+                except ConnectionClosed:
+                    return
+                if message.get("type") == "ping":
+                    socket.send(json.dumps({"type": "pong"}))
+                elif message.get("type") == "next":
+                    received = time.monotonic()
+                    self.seen.append(Seen(received, received, message["payload"]["data"]["dataChanged"]["version"]))
 
     def has_seen(self, version: str) -> bool:
         return any(s.version == version for s in self.seen[-50:])
 
-    def __enter__(self) -> VersionPoller:
+    def __enter__(self) -> Subscriber:
         self.thread.start()
+        if not self.listening.wait(30):
+            raise SystemExit("the dataChanged subscription did not start")
+        time.sleep(0.2)  # the server registers the subscription on the feed after the subscribe message
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -381,7 +394,7 @@ def commit_to_answer(url: str, data: Dataset, commits: int, workdir: Path) -> La
             writer = Writer(url)
             landed: list[tuple[float, str]] = []
             try:
-                with VersionPoller(port) as poller:
+                with Subscriber(port) as poller:
                     last = writer.last_day()  # section 2 may have added days
                     for number in range(commits):
                         time.sleep(random.uniform(0.05, 0.6))  # a random moment against the server's poll
@@ -414,9 +427,7 @@ def _analyse(run: LatencyRun, landed: list[tuple[float, str]], seen: list[Seen])
             run.delays.append(max(0.0, min(firsts) - committed))
         else:
             run.missed += 1
-    gaps = [b.received - a.received for a, b in zip(seen, seen[1:], strict=False)]
-    run.resolution_ms = median(gaps) * 1000 if gaps else float("nan")
-    run.polls = len(seen)
+    run.events = len(seen)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from gql.cache import CacheResult, CacheState, CacheStatus, ComputationError, Re
 from gql.config import Settings
 from gql.data import PriceStore
 from gql.errors import COMPUTATION_FAILED, ApiError, UserInputError
-from gql.feed import DATA_EPOCH, DataFeed
+from gql.feed import DATA_EPOCH, DataChange, DataFeed
 from gql.logs import request_id
 from gql.schedule import parse_time_of_day, seconds_until_publication
 from gql.schema.arguments import chart_arguments, yield_arguments
@@ -193,15 +193,37 @@ class Service:
         return Refreshed(store, done)
 
 
-async def warm_after_changes(service: Service) -> None:
-    """For every new data version this process takes up (whatever the source), compute the default variants
-    as a refresh does, so the next dashboard load is a hit: one computation per key for the whole fleet
-    (the cache's lease), however many processes hear of the change."""
-    async for change in service.data.changes():
-        try:
-            await service.refresh(list(CacheTarget), invalidate=False)
-        except Exception:
-            log.exception("computing the default variants of data version %s failed; they are computed on first use", change.version)
+# Warming waits until the data has been quiet this long: an ETL job committing index after index (or day
+# after day) costs one recomputation of the defaults at its end, not one per commit, and the first ones
+# are not computed for versions already gone.
+WARM_QUIET_SECONDS = 1.0
+
+
+async def warm_after_changes(service: Service, quiet: float = WARM_QUIET_SECONDS) -> None:
+    """After new data versions this process takes up (whatever the source), compute the default variants as a
+    refresh does, so the next dashboard load is a hit: once the changes have stopped for `quiet` seconds, and
+    one computation per key for the whole fleet (the cache's lease), however many processes hear of them."""
+    heard: asyncio.Queue[DataChange] = asyncio.Queue()
+
+    async def listen() -> None:  # (waiting on a queue, unlike on the feed's generator, may time out safely)
+        async for change in service.data.changes():
+            heard.put_nowait(change)
+
+    listener = asyncio.create_task(listen(), name="gql-warm-listener")
+    try:
+        while True:
+            change = await heard.get()
+            while True:  # the newest of a burst
+                try:
+                    change = await asyncio.wait_for(heard.get(), quiet)
+                except TimeoutError:
+                    break
+            try:
+                await service.refresh(list(CacheTarget), invalidate=False)
+            except Exception:
+                log.exception("computing the default variants of data version %s failed; they are computed on first use", change.version)
+    finally:
+        listener.cancel()
 
 
 def _with_faults(delay: float, fail_file: Path | None, fn: Callable[..., Any], *args: Any) -> Any:
