@@ -114,7 +114,7 @@ def _log(message: str) -> None:
 
 
 def run(opts: argparse.Namespace) -> DbResult:
-    """PostgreSQL (all three measurements), then MariaDB (commit to answer); each database dropped at the end."""
+    """PostgreSQL (all three measurements), then MariaDB (commit to subscriber); each database dropped at the end."""
     result = DbResult(opts, load_before=os.getloadavg()[0])
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="gql-bench-db-"))
@@ -318,7 +318,7 @@ def _picked_up(source, write: Callable[[], str]) -> Pickup:
     return Pickup(seconds, source.last_pickup.rows, source.last_pickup.full, time.perf_counter() - began)
 
 
-# --- 3. commit to answer -----------------------------------------------------------------------------
+# --- 3. commit to subscriber -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -380,7 +380,7 @@ class Subscriber:
 def commit_to_answer(url: str, data: Dataset, commits: int, workdir: Path) -> LatencyRun:
     """A server on the database; `commits` new days, each at a random moment, each timed to its first answer."""
     kind = "postgresql" if url.startswith("postgresql") else "mariadb"
-    _log(f"commit to answer on {kind}: {commits} commits of {len(data.codes):,} rows each")
+    _log(f"commit to subscriber on {kind}: {commits} commits of {len(data.codes):,} rows each")
     with redis_server(workdir) as redis_url:
         env = {"GQL_DATABASE_URL": url, "REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"bench-db-{uuid.uuid4().hex[:6]}",
                "GQL_LOG_LEVEL": "warning", "GQL_DATABASE_POLL_SECONDS": "0.5"}

@@ -29,7 +29,7 @@ class Pickup:
     seconds: float  # of source.reload()
     rows: int  # change-log rows read (last_pickup.rows)
     full: bool
-    change_seconds: float  # of DataChange.between(old, new): a server's next step, on its event loop
+    change_seconds: float  # of DataChange.between(old, new): a server's next step, in its loader thread
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,9 @@ def pickup_section(result: DbResult) -> list[str]:
          "close 15 years back, then a delete of one close 10 years back; each is followed by a timed `reload()`. "
          "Rows: change-log rows read (`last_pickup.rows`); full: whether it had to load everything. "
          "Naive: `pandas.read_sql(\"SELECT code, trade_date, close FROM index_close\", engine)` in the same round. "
-         "Change: `DataChange.between(old, new)` after the new day's pickup, what a server does next (on its event loop: "
-         "it hashes every changed index, to tell subscribers which ones changed); not part of the ratio."),
+         "Change: `DataChange.between(old, new)` after the new day's pickup, what a server does next (in its loader "
+         "thread, off the event loop: it hashes every changed index, to tell subscribers which ones changed); not part "
+         "of the ratio."),
         "",
         ("| round | new day ms | rows | change ms | update 15 y back ms | rows | delete ms | rows | any full | read_sql s | rows "
          "| read_sql ÷ new day |"),
@@ -220,7 +221,7 @@ def summary(result: DbResult, link: str = "database.md") -> list[str]:
         target = LATENCY_TARGETS[run.kind]
         if run.delays:
             p99 = percentile(run.delays, 0.99)
-            lines.append(f"| commit to answer, {run.kind} ({run.indexes:,} indexes, {len(run.delays)} commits): p50, p99 "
+            lines.append(f"| commit to subscriber, {run.kind} ({run.indexes:,} indexes, {len(run.delays)} commits): p50, p99 "
                          f"| {median(run.delays) * 1000:.0f} ms, {p99 * 1000:.0f} ms | p99 <= {target:g} s "
                          f"| {_met(p99 <= target and not run.missed)} |")
     return lines + [""]
@@ -230,7 +231,7 @@ def render(result: DbResult, command: str) -> str:
     from bench import report
 
     head = [
-        "# Database source: cold load, pickups, commit to answer",
+        "# Database source: cold load, pickups, commit to subscriber",
         "",
         f"Machine: {report.machine()}.",
         (f"Run: {dt.datetime.now().isoformat(timespec='seconds')}, `{command}`, {result.elapsed:.0f} s in all. "
