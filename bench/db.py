@@ -39,7 +39,6 @@ import json
 import os
 import pstats
 import random
-import shlex
 import shutil
 import subprocess
 import sys
@@ -57,21 +56,14 @@ import psycopg
 from bench import dbsetup
 from bench.dbreport import LIMIT_SQL, DbResult, LatencyRun, LoadRound, Pickup, PickupRound, render
 from bench.dbsetup import Dataset
+from bench.report import run_standalone
 from bench.servers import ROOT, Variant, redis_server, started, wait_until
 
 RESULTS = ROOT / "bench" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = "python -m bench.db " + shlex.join(argv if argv is not None else sys.argv[1:])
-    result = run(resolve(args))
-    text = render(result, command.strip())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(text)
-    _log(f"wrote {args.output}")
-    return 0
+    return run_standalone("db", _parser().parse_args(argv), argv, run, resolve, render)
 
 
 def _parser() -> argparse.ArgumentParser:

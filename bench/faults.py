@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -159,15 +158,7 @@ class FaultsResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = "python -m bench.faults " + shlex.join(argv if argv is not None else sys.argv[1:])
-    result = run(resolve(args))
-    text = render(result, command.strip())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(text)
-    _log(f"wrote {args.output}")
-    return 0
+    return report.run_standalone("faults", _parser().parse_args(argv), argv, run, resolve, render)
 
 
 def _parser() -> argparse.ArgumentParser:

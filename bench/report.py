@@ -6,7 +6,9 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,17 @@ class Cell:
     @property
     def p99_ms(self) -> float:
         return median([r.p99_ms for r in self.runs])
+
+
+def run_standalone(prog: str, args, argv: list[str] | None, run, resolve, render) -> int:
+    """`python -m bench.<prog>` on its own: run with the parsed `args`, write the report where `--output` says, print it."""
+    command = f"python -m bench.{prog} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = render(run(resolve(args)), command.strip())
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"[{prog}] wrote {args.output}", file=sys.stderr, flush=True)
+    return 0
 
 
 def machine() -> str:

@@ -145,49 +145,39 @@ class Tables:
 _BUMP_PG = "UPDATE gql_data_version SET version = version + 1 WHERE id = 1 RETURNING version INTO v;"
 
 
+def _pg_tracking_function(name: str, kind: str, old_columns: str, new_columns: str, columns: str) -> str:
+    """A statement-level trigger function: one version for the statement (none when it changed no row), one log
+    row per row it removed (`old_columns`) and per row it wrote (`new_columns`), and the NOTIFY."""
+    return f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE v bigint;
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    IF NOT EXISTS (SELECT 1 FROM gql_old) THEN RETURN NULL; END IF;
+  ELSIF NOT EXISTS (SELECT 1 FROM gql_new) THEN RETURN NULL;
+  END IF;
+  {_BUMP_PG}
+  IF TG_OP IN ('DELETE', 'UPDATE') THEN
+    INSERT INTO gql_change (version, kind, {columns}) SELECT v, '{kind}', {old_columns} FROM gql_old o;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    INSERT INTO gql_change (version, kind, {columns}) SELECT v, '{kind}', {new_columns} FROM gql_new n;
+  END IF;
+  PERFORM pg_notify('{CHANNEL}', v::text);
+  RETURN NULL;
+END $$"""
+
+
 def _postgres_ddl(close: str, index: str, c_code: str, c_date: str, c_value: str, i_code: str) -> list[str]:
-    notify = f"PERFORM pg_notify('{CHANNEL}', v::text);"
     statements = [
-        f"""CREATE OR REPLACE FUNCTION gql_track_close() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE v bigint;
-BEGIN
-  IF TG_OP = 'DELETE' THEN
-    IF NOT EXISTS (SELECT 1 FROM gql_old) THEN RETURN NULL; END IF;
-  ELSIF NOT EXISTS (SELECT 1 FROM gql_new) THEN RETURN NULL;
-  END IF;
-  {_BUMP_PG}
-  IF TG_OP IN ('DELETE', 'UPDATE') THEN
-    INSERT INTO gql_change (version, kind, code, trade_date, close) SELECT v, 'C', o.{c_code}, o.{c_date}, NULL FROM gql_old o;
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO gql_change (version, kind, code, trade_date, close) SELECT v, 'C', n.{c_code}, n.{c_date}, n.{c_value} FROM gql_new n;
-  END IF;
-  {notify}
-  RETURN NULL;
-END $$""",
-        f"""CREATE OR REPLACE FUNCTION gql_track_index() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE v bigint;
-BEGIN
-  IF TG_OP = 'DELETE' THEN
-    IF NOT EXISTS (SELECT 1 FROM gql_old) THEN RETURN NULL; END IF;
-  ELSIF NOT EXISTS (SELECT 1 FROM gql_new) THEN RETURN NULL;
-  END IF;
-  {_BUMP_PG}
-  IF TG_OP IN ('DELETE', 'UPDATE') THEN
-    INSERT INTO gql_change (version, kind, code) SELECT v, 'I', o.{i_code} FROM gql_old o;
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO gql_change (version, kind, code) SELECT v, 'I', n.{i_code} FROM gql_new n;
-  END IF;
-  {notify}
-  RETURN NULL;
-END $$""",
+        _pg_tracking_function("gql_track_close", "C", f"o.{c_code}, o.{c_date}, NULL", f"n.{c_code}, n.{c_date}, n.{c_value}",
+                              "code, trade_date, close"),
+        _pg_tracking_function("gql_track_index", "I", f"o.{i_code}", f"n.{i_code}", "code"),
         f"""CREATE OR REPLACE FUNCTION gql_track_reset() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE v bigint;
 BEGIN
   {_BUMP_PG}
   INSERT INTO gql_change (version, kind) VALUES (v, 'R');
-  {notify}
+  PERFORM pg_notify('{CHANNEL}', v::text);
   RETURN NULL;
 END $$""",
     ]
