@@ -82,9 +82,7 @@ def test_the_tables_refuse_what_the_data_must_not_hold(database):
     db = seeded(database)
     for bad in ("INSERT INTO index_close VALUES ('A', '2024-02-01', 0)", "INSERT INTO index_close VALUES ('Z', '2024-02-01', 1)",
                 "INSERT INTO market_index (code, name) VALUES ('C', 'no source')"):
-        command = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db.name, "-v", "ON_ERROR_STOP=1", "-c", bad] \
-            if db.kind == "postgresql" else ["mariadb", "-h", "127.0.0.1", "-u", "root", "-D", db.name, "-e", bad]
-        assert subprocess.run(command, capture_output=True, timeout=30).returncode != 0, bad
+        assert db.client(bad).returncode != 0, bad
 
 
 def test_without_db_init_the_source_says_what_to_run(database):

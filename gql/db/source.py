@@ -12,6 +12,7 @@ Every call runs in the feed's loader thread, never on the event loop, bounded by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections import defaultdict
@@ -34,6 +35,22 @@ log = logging.getLogger(__name__)
 
 class DatabaseUnavailable(SourceUnavailable):
     """The database cannot be read now (unreachable, too slow, not initialized); the message says which."""
+
+
+@contextlib.contextmanager
+def database_errors(description: str) -> Iterator[None]:
+    """A driver's or SQLAlchemy's error as DatabaseUnavailable, saying what is wrong with `description` (the
+    database as messages show it: never the password)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ProgrammingError as exc:  # a table missing (PostgreSQL's UndefinedTable, MySQL's 1146)
+        raise DatabaseUnavailable(f"{description}: {driver_reason(exc)}; create the tables with `python -m gql db init`") from None
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"{description}: {driver_reason(exc)}") from None
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"{description}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -93,19 +110,10 @@ class DatabaseSource:
     # --- reading ------------------------------------------------------------------------------------
 
     def _read(self, work):
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-                with conn.begin():
-                    return work(conn)
-        except DataError:
-            raise
-        except ProgrammingError as exc:  # a table missing (PostgreSQL's UndefinedTable, MySQL's 1146)
-            raise DatabaseUnavailable(f"{self.description}: {driver_reason(exc)}; create the tables with `python -m gql db init`") from None
-        except DBAPIError as exc:
-            raise DatabaseUnavailable(f"{self.description}: {driver_reason(exc)}") from None
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"{self.description}: {exc}") from None
+        with database_errors(self.description), self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                return work(conn)
 
     def _position(self, conn: Connection) -> Position:
         row = conn.execute(select(self.tables.version.c.instance, self.tables.version.c.version)).first()

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from gql.data import DataError, IndexHistory, IndexMeta, make_closes
-from gql.db.connect import create, driver_reason, redacted
-from gql.db.source import DatabaseUnavailable
+from gql.data import IndexHistory, IndexMeta, make_closes
+from gql.db.connect import create, redacted
+from gql.db.source import DatabaseUnavailable, database_errors
 from gql.db.tables import Names, Tables
 from gql.importer import ImportReport, import_report, prepare_import
 
@@ -65,14 +64,8 @@ def import_into_database(url: str, path: Path, code: str, name: str, *, names: N
 
 
 def _guarded(url: str, work):
-    try:
+    with database_errors(f"database {redacted(url)}"):
         return work()
-    except DataError:
-        raise
-    except DBAPIError as exc:
-        raise DatabaseUnavailable(f"database {redacted(url)}: {driver_reason(exc)}") from None
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"database {redacted(url)}: {exc}") from None
 
 
 def _replace(engine: Engine, tables: Tables, history: IndexHistory) -> IndexHistory | None:

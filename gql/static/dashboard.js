@@ -532,43 +532,36 @@
     area.replaceChildren(svg, tooltip);
   }
 
+  function legendItem(code, name, statsText) {
+    const item = document.createElement("li");
+    item.dataset.code = code;
+    item.style.setProperty("--swatch", state.colors.get(code));
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.setAttribute("aria-hidden", "true");
+    const label = document.createElement("span");
+    label.textContent = name;
+    const stats = document.createElement("span");
+    stats.className = "stats";
+    stats.textContent = statsText;
+    item.append(swatch, label, stats);
+    return item;
+  }
+
   function renderLegend() {
     const legend = $("#chart-legend");
     legend.replaceChildren();
     for (const index of state.without) {
-      const item = document.createElement("li");
-      item.dataset.code = index.code;
+      const item = legendItem(index.code, index.name, `no closes in this range (data from ${index.firstDate} to ${index.lastDate})`);
       item.className = "no-data";
-      item.style.setProperty("--swatch", state.colors.get(index.code));
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.setAttribute("aria-hidden", "true");
-      const name = document.createElement("span");
-      name.textContent = index.name;
-      const stats = document.createElement("span");
-      stats.className = "stats";
-      stats.textContent = `no closes in this range (data from ${index.firstDate} to ${index.lastDate})`;
-      item.append(swatch, name, stats);
       legend.append(item);
     }
     if (!state.chart) return;
     for (const s of state.chart.series) {
-      const item = document.createElement("li");
-      item.dataset.code = s.code;
-      item.style.setProperty("--swatch", state.colors.get(s.code));
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.setAttribute("aria-hidden", "true");
-      const name = document.createElement("span");
-      name.textContent = s.name;
-      const stats = document.createElement("span");
-      stats.className = "stats";
       // The figure names its period: from the first point drawn.
-      stats.textContent = s.points.length
+      legend.append(legendItem(s.code, s.name, s.points.length
         ? `${formatPct(s.totalReturn)} since ${s.points[0].date}, max drawdown ${formatPct(s.maxDrawdown)}`
-        : "no prices in this range";
-      item.append(swatch, name, stats);
-      legend.append(item);
+        : "no prices in this range"));
     }
   }
 

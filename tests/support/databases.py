@@ -28,13 +28,17 @@ class Database:
             return f"postgresql://postgres@127.0.0.1:5432/{self.name}"
         return f"mysql://root@127.0.0.1:3306/{self.name}"
 
-    def sql(self, statement: str) -> str:
+    def client(self, statement: str) -> subprocess.CompletedProcess:
         """Run SQL with the database's own command-line client, as any other client of it would."""
         if self.kind == "postgresql":
             command = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", self.name, "-v", "ON_ERROR_STOP=1", "-qAtc", statement]
         else:
             command = ["mariadb", "-h", "127.0.0.1", "-u", "root", "-D", self.name, "-N", "-B", "-e", statement]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    def sql(self, statement: str) -> str:
+        """`client`, which must succeed; its output."""
+        done = self.client(statement)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
