@@ -28,7 +28,7 @@ async def resolve_persisted_query(request: GraphQLRequest, store: RawStore, ttl:
     if isinstance(query, str):
         if hashlib.sha256(query.encode()).hexdigest() != digest:
             return error_body("provided sha256Hash does not match the query", "PERSISTED_QUERY_HASH_MISMATCH")
-        await store.write({}, {key: query.encode()}, ttl)
+        await store.write({}, {}, key, query.encode(), ttl)
         return None
     found = await store.read((), [key])
     if found is None or found[1][0] is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import urllib.parse
@@ -21,6 +22,24 @@ class ConfigError(ValueError):
     """An environment variable has a value the service cannot use."""
 
 
+class RedisMode(enum.Enum):
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"  # REDIS_URL names any node; the client discovers the others
+    SENTINEL = "sentinel"  # the sentinels name the master; REDIS_URL gives scheme, credentials and db
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where Redis is and how to log in (gql/cache/connect.py makes the clients)."""
+
+    mode: RedisMode
+    url: str
+    password: str | None = None  # overrides the URL's (GQL_REDIS_PASSWORD: a secret kept out of the URL)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    sentinel_password: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting with its default; `from_env` reads the `GQL_*` variables and `REDIS_URL`."""
@@ -29,6 +48,21 @@ class Settings:
     port: int = 8000
     workers: int = 1
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # standalone (one server), cluster (REDIS_URL names any node) or sentinel (GQL_REDIS_SENTINELS name the master).
+    redis_mode: str = "standalone"
+    # The Redis password, when it is kept out of REDIS_URL (a mounted secret); overrides the URL's.
+    redis_password: str | None = None
+    # Sentinel mode: host:port,host:port,... of the sentinels, the master's name, and the sentinels' own password.
+    redis_sentinels: str = ""
+    redis_sentinel_service: str = ""
+    redis_sentinel_password: str | None = None
+    # A request with a good answer in hand (a kept response) waits this long for Redis, not the whole
+    # GQL_REDIS_TIMEOUT: it answers from memory and lets the Redis call finish in the background.
+    redis_soft_timeout: float = 0.02
+    # refreshCache returns once this many replicas hold the new generation (WAIT), or after
+    # GQL_REDIS_REFRESH_WAIT seconds; unset: 1 in cluster and sentinel mode, 0 standalone.
+    redis_refresh_replicas: int | None = None
+    redis_refresh_wait: float = 0.5
     # Connect and read bound for each Redis call, in seconds: a slow Redis must not stall requests.
     redis_timeout: float = 0.1
     # Bound for writing cached values: done after the answer is computed, never awaited by a request.
@@ -145,7 +179,7 @@ class Settings:
             self.redis_timeout, self.redis_write_timeout, self.redis_retry_seconds, self.chart_ttl, self.yield_ttl, self.apq_ttl,
             self.cache_fail_safe_seconds, self.cache_fail_safe_retry_seconds, self.cache_lease_seconds, self.cache_ttl_jitter,
             self.cache_early_refresh, self.fault_compute_delay, 0.0 if self.cache_stale_seconds is None else self.cache_stale_seconds,
-            self.ws_idle_seconds, self.ws_init_timeout,
+            self.ws_idle_seconds, self.ws_init_timeout, self.redis_soft_timeout, self.redis_refresh_wait,
         )
         checks = [
             (all(math.isfinite(v) for v in seconds), "every GQL_* time, jitter or factor setting must be a finite number"),
@@ -154,6 +188,12 @@ class Settings:
             (self.workers >= 1, "GQL_WORKERS must be at least 1"),
             (self.redis_timeout > 0, "GQL_REDIS_TIMEOUT must be a positive number of seconds"),
             (self.redis_write_timeout > 0, "GQL_REDIS_WRITE_TIMEOUT must be a positive number of seconds"),
+            (self.redis_soft_timeout > 0, "GQL_REDIS_SOFT_TIMEOUT must be a positive number of seconds"),
+            (self.redis_refresh_wait > 0, "GQL_REDIS_REFRESH_WAIT must be a positive number of seconds"),
+            (
+                self.redis_refresh_replicas is None or self.redis_refresh_replicas >= 0,
+                "GQL_REDIS_REFRESH_REPLICAS must be >= 0 (0: do not wait for replicas)",
+            ),
             (self.redis_breaker_failures >= 1, "GQL_REDIS_BREAKER_FAILURES must be at least 1"),
             (self.redis_retry_seconds >= 0, "GQL_REDIS_RETRY_SECONDS must be >= 0"),
             (
@@ -172,6 +212,8 @@ class Settings:
             (self.compute_threads >= 1, "GQL_COMPUTE_THREADS must be at least 1"),
             (self.query_processes >= 0, "GQL_QUERY_PROCESSES must be >= 0"),
             (bool(self.cache_prefix), "GQL_CACHE_PREFIX must not be empty"),
+            ("{" not in self.cache_prefix and "}" not in self.cache_prefix,
+             "GQL_CACHE_PREFIX must not hold { or }: the cache puts its own hash tags into its key names"),
             (self.max_body_bytes >= 1024, "GQL_MAX_BODY_BYTES must be at least 1024"),
             (self.max_aliases >= 0, "GQL_MAX_ALIASES must be >= 0"),
             (self.max_depth >= 1, "GQL_MAX_DEPTH must be at least 1"),
@@ -201,6 +243,7 @@ class Settings:
                 except ValueError as exc:
                     raise ConfigError(f"{name}: {exc}") from None
         _check_redis_url(self.redis_url)
+        self.redis_topology()
         if self.database_url is not None:
             self._check_database()
 
@@ -220,6 +263,36 @@ class Settings:
                             ("GQL_DATABASE_POLL_SECONDS", self.database_poll_seconds)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds")
+
+    def redis_topology(self) -> Topology:
+        """Where Redis is, by GQL_REDIS_MODE; ConfigError saying what is missing or wrong."""
+        modes = ", ".join(m.value for m in RedisMode)
+        try:
+            mode = RedisMode(self.redis_mode.strip().lower())
+        except ValueError:
+            raise ConfigError(f"GQL_REDIS_MODE={self.redis_mode!r} is not a mode; expected one of {modes}") from None
+        sentinels: tuple[tuple[str, int], ...] = ()
+        if mode is RedisMode.SENTINEL:
+            try:
+                sentinels = parse_sentinels(self.redis_sentinels)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"GQL_REDIS_SENTINELS={self.redis_sentinels!r}: {exc}; expected host:port,host:port,... of the sentinels"
+                ) from None
+            if not self.redis_sentinel_service:
+                raise ConfigError("GQL_REDIS_SENTINEL_SERVICE is not set: the name of the master the sentinels watch")
+        elif mode is RedisMode.CLUSTER and self.redis_url.startswith("unix:"):
+            raise ConfigError("GQL_REDIS_MODE=cluster needs REDIS_URL as redis:// or rediss://HOST:PORT of any node")
+        return Topology(
+            mode, self.redis_url, self.redis_password, sentinels, self.redis_sentinel_service, self.redis_sentinel_password,
+        )
+
+    @property
+    def refresh_replicas(self) -> int:
+        """How many replicas a refresh waits for (GQL_REDIS_REFRESH_REPLICAS, or by mode)."""
+        if self.redis_refresh_replicas is not None:
+            return self.redis_refresh_replicas
+        return 0 if self.redis_mode.strip().lower() == "standalone" else 1
 
     def database_names(self) -> Names:
         from gql.db.tables import Names  # late: SQLAlchemy is imported only when a database is used
@@ -264,7 +337,7 @@ def _read_token_file(path: Path) -> str:
 
 def _parse(name: str, raw: str, kind: str) -> object:
     try:
-        if kind == "int":
+        if kind in ("int", "int | None"):
             return int(raw)
         if kind in ("float", "float | None"):
             number = float(raw)
@@ -281,7 +354,7 @@ def _parse(name: str, raw: str, kind: str) -> object:
             return Path(raw).expanduser()
     except ValueError:
         allowed = {
-            "int": "a whole number", "float": "a finite number", "float | None": "a finite number",
+            "int": "a whole number", "int | None": "a whole number", "float": "a finite number", "float | None": "a finite number",
             "bool": "true/false, yes/no, on/off or 1/0",
         }[kind]
         raise ConfigError(f"{name}={raw!r} is not valid: expected {allowed}") from None
@@ -295,3 +368,18 @@ def without_password(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` as (host, port) pairs; ValueError naming what is wrong."""
+    found = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    if not found:
+        raise ValueError("no sentinel given")
+    return tuple(found)

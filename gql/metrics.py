@@ -33,6 +33,10 @@ LEASES = Counter(
 )
 REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
 BREAKER_STATE = Gauge("gql_cache_breaker_state", "Circuit breaker on Redis: 0 closed (in use), 1 open (skipped), 2 half-open (probing)")
+UNREPLICATED_REFRESHES = Counter(
+    "gql_cache_unreplicated_refreshes_total",
+    "Refreshes whose new generation fewer replicas than GQL_REDIS_REFRESH_REPLICAS acknowledged in time",
+)
 BREAKER_OPENED = Counter("gql_cache_breaker_opened_total", "Times the circuit breaker on Redis opened")
 # GraphQL over WebSocket (gql/subscriptions.py): only server processes have sockets.
 WS_CONNECTIONS = Gauge("gql_ws_connections", "Open GraphQL WebSocket connections")
@@ -82,6 +86,10 @@ def computation_failed(field: str) -> None:
 
 def lease(field: str, outcome: str) -> None:
     _record(("lease", field, outcome))
+
+
+def unreplicated_refresh() -> None:
+    UNREPLICATED_REFRESHES.inc()
 
 
 def breaker(state: int, *, opened: bool = True) -> None:

@@ -58,7 +58,7 @@ from gql.protocol import (
 )
 from gql.schema.types import CACHED_FIELDS
 from gql.service import Service
-from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, gzip_body
+from gql.stored import DEFLATE, RAW, StoredResponse, body_tail, gzip_body
 from gql.versions import CODE_VERSION
 from gql.workers import Job, QueryWorkers
 
@@ -202,13 +202,13 @@ class ResponseCacheApp:
         snapshot = feed.current
         key = response_key(shape, operation.variables, operation.operation_name, snapshot)
         # The data epoch comes in the same round trip as the stored answer's meta.
-        looked_up = await self.raw.read((DATA_EPOCH, *shape.namespaces), [self._keys(key)[META]])
+        looked_up = await self.raw.read((DATA_EPOCH, *shape.namespaces), [self.raw.keys.response_meta(key)])
         if looked_up is not None:
             generations, _ = looked_up
             latest = await feed.catch_up(generations.pop(DATA_EPOCH))
             if latest.version != snapshot.version:  # the data changed: the key names the new version
                 snapshot, key = latest, response_key(shape, operation.variables, operation.operation_name, latest)
-                looked_up = await self.raw.read(shape.namespaces, [self._keys(key)[META]])
+                looked_up = await self.raw.read(shape.namespaces, [self.raw.keys.response_meta(key)])
         if looked_up is None:
             await self._execute(send, request, operation, snapshot)
             return
@@ -263,8 +263,8 @@ class ResponseCacheApp:
             return None
         if not described.fields or described.expires <= self._now():
             return None
-        keys = self._keys(key)
-        bodies = await self.raw.read_bulk([keys[RAW], keys[DEFLATE]])
+        body_keys = [self.raw.keys.response_body(key, described.etag, part) for part in (RAW, DEFLATE)]
+        bodies = await self.raw.read_bulk(body_keys)
         if bodies is None or bodies[0] is None or bodies[1] is None:
             return None
         stored = StoredResponse.from_meta(meta, bodies[0], bodies[1])
@@ -326,7 +326,7 @@ class ResponseCacheApp:
             key, generations = store_as
             # After the answer is sent: compressing megabytes is the worker's job, or a thread's here.
             if in_worker and self.workers is not None:
-                self._background(self.workers.store(self._keys(key), generations, stored))
+                self._background(self.workers.store(key, generations, stored))
             else:
                 self._background(self._store(key, generations, stored))
 
@@ -346,7 +346,7 @@ class ResponseCacheApp:
         try:
             # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
             stored = await asyncio.get_running_loop().run_in_executor(None, stored.compressed)
-            meta = await stored_entries.write(self.raw, self._keys(key), generations, stored)
+            meta = await stored_entries.write(self.raw, key, generations, stored)
             if meta is not None:
                 self._memory.put(key, _Remembered(meta, stored, generations))
         except Exception:
@@ -370,6 +370,3 @@ class ResponseCacheApp:
             raise RequestError(f"a {shape.operation.value if shape.operation else 'non-query'} is sent with POST; GET runs queries only",
                                "METHOD_NOT_ALLOWED", 405, {"allow": "POST"})
         return shape
-
-    def _keys(self, key: str) -> dict[str, str]:
-        return {part: self.raw.keys.response(key, part) for part in (META, RAW, DEFLATE)}

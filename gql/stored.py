@@ -2,7 +2,8 @@
 
 An entry is three values under one response key: `meta` (ETag, the fields with when each was computed
 and for how long it is fresh, the CRC, the generations it was built under), `raw` (the body up to
-`{"data":...`) and `deflate` (that prefix as a raw deflate stream ending on a byte boundary).
+`{"data":...`) and `deflate` (that prefix as a raw deflate stream ending on a byte boundary), the two
+bodies named by the ETag (gql/cache/keys.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gql.cache.raw import RawStore
 from gql.encoding import dumps
 from gql.schema.report import CacheReport, FieldReport, as_json
 
-META, RAW, DEFLATE = "meta", "raw", "deflate"
+RAW, DEFLATE = "raw", "deflate"
 
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 
@@ -90,10 +91,9 @@ def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
     return _GZIP_HEADER + deflated + stored_block + trailer
 
 
-async def write(
-    store: RawStore, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse
-) -> bytes | None:
-    """Store a compressed answer under `keys` (META, RAW, DEFLATE) if the generations are still current.
+async def write(store: RawStore, key: str, generations: dict[str, int], stored: StoredResponse) -> bytes | None:
+    """Store a compressed answer under the response key `key` if the generations are still current: its bodies
+    under its ETag, then the meta that names them (gql/cache/keys.py).
 
     Returns the meta bytes written, or None when nothing was stored.
     """
@@ -101,5 +101,5 @@ async def write(
     if ttl <= 0:
         return None
     meta = orjson.dumps({"etag": stored.etag, "fields": stored.fields, "crc": stored.crc, "generations": generations})
-    items = {keys[META]: meta, keys[RAW]: stored.raw, keys[DEFLATE]: stored.deflated}
-    return meta if await store.write(generations, items, ttl) else None
+    bodies = {store.keys.response_body(key, stored.etag, part): body for part, body in ((RAW, stored.raw), (DEFLATE, stored.deflated))}
+    return meta if await store.write(generations, bodies, store.keys.response_meta(key), meta, ttl) else None

@@ -99,10 +99,10 @@ class QueryWorkers:
         metrics.apply(reply.metric_events)
         return reply.answer
 
-    async def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+    async def store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> bool:
         """Compress and store an answer already sent, in a worker (the server's loop only hands it over)."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _store_job, keys, generations, stored)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _store_job, key, generations, stored)
         except Exception:
             log.exception("storing an answer in a query worker failed; the next request computes it again")
             return False
@@ -150,9 +150,9 @@ def _ping() -> bool:
     return _worker is not None
 
 
-def _store_job(keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
+def _store_job(key: str, generations: dict[str, int], stored: StoredResponse) -> bool:
     assert _worker is not None, "worker not started"
-    return _worker.store(keys, generations, stored)
+    return _worker.store(key, generations, stored)
 
 
 def _run_job(job: Job) -> _Reply | Wanted:
@@ -191,8 +191,8 @@ class _Worker:
             answer = await execute(self.schema, self.service, job.operation, snapshot)
         return _Reply(answer, metrics.take())
 
-    def store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
-        return asyncio.run_coroutine_threadsafe(self._store(keys, generations, stored), self.loop).result()
+    def store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> bool:
+        return asyncio.run_coroutine_threadsafe(self._store(key, generations, stored), self.loop).result()
 
-    async def _store(self, keys: dict[str, str], generations: dict[str, int], stored: StoredResponse) -> bool:
-        return await stored_entries.write(self.service.cache.raw, keys, generations, stored.compressed()) is not None
+    async def _store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> bool:
+        return await stored_entries.write(self.service.cache.raw, key, generations, stored.compressed()) is not None

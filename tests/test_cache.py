@@ -276,7 +276,8 @@ async def test_every_process_following_a_namespace_hears_its_invalidations(redis
     await first.invalidate("ns")
     await first.invalidate("other")  # another namespace: not followed
     await first.invalidate("ns")
-    assert [await asyncio.wait_for(heard.get(), 5) for _ in range(2)] == [1, 2]
+    told = [await asyncio.wait_for(heard.get(), 5) for _ in range(2)]
+    assert told[0] is not None and told[1] is not None and 0 < told[0] < told[1]
     await asyncio.sleep(0.1)
     assert heard.empty()
 

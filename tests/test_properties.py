@@ -327,12 +327,12 @@ namespaces = st.sampled_from([CHART_NAMESPACE, YIELD_NAMESPACE])
 @given(parts=parts_dicts, namespace=namespaces, data=st.data())
 def test_cache_key_holds_no_user_text_has_a_fixed_length_and_ignores_dict_order(parts, namespace, data):
     key = cache_key(PREFIX, namespace, parts)
-    assert re.fullmatch(rf"{PREFIX}:entry:{namespace}:[0-9a-f]{{32}}", key), key
-    assert len(key) == len(f"{PREFIX}:entry:{namespace}:") + 32
+    assert re.fullmatch(rf"{PREFIX}:entry:\{{{namespace}:[0-9a-f]{{32}}\}}", key), key
+    assert len(key) == len(f"{PREFIX}:entry:{{{namespace}:") + 33
     texts = [v for v in parts.values() if isinstance(v, str)] + [k for k in parts]
     for text in texts:
         if not re.fullmatch(r"[0-9a-f]+", text):
-            assert text not in key.removeprefix(f"{PREFIX}:entry:{namespace}:")
+            assert text not in key.removeprefix(f"{PREFIX}:entry:{{{namespace}:").removesuffix("}")
     assert cache_key(PREFIX, namespace, dict(parts)) == key
     shuffled = data.draw(st.permutations(list(parts.items())))
     assert cache_key(PREFIX, namespace, dict(shuffled)) == key
@@ -353,7 +353,7 @@ def test_cache_key_changes_with_any_part(parts, namespace, data):
 def test_keys_of_user_typed_codes_hold_no_user_text(typed, as_of):
     for outcome in (chart_outcome(typed, None, None, Frequency.MONTHLY), yield_outcome(typed, as_of)):
         if outcome[0] == "key":
-            assert re.fullmatch(rf"{PREFIX}:entry:(indexChart|yieldThisYear):[0-9a-f]{{32}}", outcome[1])
+            assert re.fullmatch(rf"{PREFIX}:entry:\{{(indexChart|yieldThisYear):[0-9a-f]{{32}}\}}", outcome[1])
 
 
 # --- the checks refuse, never crash ---------------------------------------------------------------

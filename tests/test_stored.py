@@ -14,7 +14,7 @@ import pytest
 from gql.cache import CacheStatus, ResultCache
 from gql.config import Settings
 from gql.schema.report import FieldReport, storable
-from gql.stored import DEFLATE, META, RAW, StoredResponse, body_tail, deflate_open, gzip_body, write
+from gql.stored import DEFLATE, RAW, StoredResponse, body_tail, deflate_open, gzip_body, write
 
 PREFIX = b'{"data":' + orjson.dumps({"yieldThisYear": [{"code": "HSI", "yieldPct": 1.25, "name": "恒生指数"}] * 200})
 
@@ -116,18 +116,16 @@ async def cache(settings: Settings) -> AsyncIterator[ResultCache]:
     await cache.close()
 
 
-def keys_of(cache: ResultCache, name: str) -> dict[str, str]:
-    return {part: cache.keys.response(name, part) for part in (META, RAW, DEFLATE)}
 
 
 @pytest.mark.anyio
 async def test_a_written_answer_reads_back_through_meta_as_the_same_answer(cache):
     stored = StoredResponse.from_report(PREFIX, report(("a", "yieldThisYear", 1.0, 59.0), ("b", "indexChart", 0.5, 3599.5)), "v1").compressed()
-    keys = keys_of(cache, "one")
     generations, _ = await cache.raw.read(["yieldThisYear", "indexChart"], [])
-    meta = await write(cache.raw, keys, generations, stored)
+    meta = await write(cache.raw, "one", generations, stored)
     assert meta is not None
-    _, (meta_read, raw, deflated) = await cache.raw.read([], [keys[META], keys[RAW], keys[DEFLATE]])
+    bodies = [cache.keys.response_body("one", stored.etag, part) for part in (RAW, DEFLATE)]
+    _, (meta_read, raw, deflated) = await cache.raw.read([], [cache.keys.response_meta("one"), *bodies])
     assert meta_read == meta
     parsed = orjson.loads(meta_read)
     assert parsed["generations"] == generations
@@ -141,19 +139,20 @@ async def test_nothing_is_written_under_a_generation_that_moved_on_or_once_expir
     fresh = StoredResponse.from_report(PREFIX, report(("a", "yieldThisYear", 0.0, 60.0)), "v1").compressed()
     generations, _ = await cache.raw.read(["yieldThisYear"], [])
     await cache.invalidate("yieldThisYear")  # a refresh between computing and storing
-    assert await write(cache.raw, keys_of(cache, "moved"), generations, fresh) is None
+    assert await write(cache.raw, "moved", generations, fresh) is None
     expired = StoredResponse.from_report(PREFIX, report(("a", "yieldThisYear", 61.0, -1.0)), "v1").compressed()
     current, _ = await cache.raw.read(["yieldThisYear"], [])
-    assert await write(cache.raw, keys_of(cache, "expired"), current, expired) is None
+    assert await write(cache.raw, "expired", current, expired) is None
     assert redis_server.client().keys(f"{settings.cache_prefix}:response:*") == []
 
 
 @pytest.mark.anyio
 async def test_a_stored_answer_lives_as_long_as_its_shortest_field(cache, redis_server):
     stored = StoredResponse.from_report(PREFIX, report(("a", "yieldThisYear", 0.0, 30.0), ("b", "indexChart", 0.0, 3600.0)), "v1")
-    keys = keys_of(cache, "ttl")
-    assert await write(cache.raw, keys, {}, stored.compressed()) is not None
-    for key in keys.values():
+    stored = stored.compressed()
+    assert await write(cache.raw, "ttl", {}, stored) is not None
+    keys = [cache.keys.response_meta("ttl"), *(cache.keys.response_body("ttl", stored.etag, part) for part in (RAW, DEFLATE))]
+    for key in keys:
         assert 28_000 < redis_server.client().pttl(key) <= 30_000
 
 

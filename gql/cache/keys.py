@@ -1,18 +1,35 @@
 """The one owner of Redis key names: every key the service reads or writes is built here.
 
-All keys live under the configured prefix (`GQL_CACHE_PREFIX`):
+All keys live under the configured prefix (`GQL_CACHE_PREFIX`). The part in braces is the key's hash tag: on a
+Redis Cluster only that part picks the slot, so keys with the same tag live on the same shard, and a script may
+touch them together. Two families:
+
+- `{<p>}`: the generations of every namespace and the meta of stored responses. A hit reads the generations of
+  its fields and a response's meta in one MGET, and a response's meta is written only if those generations are
+  still current (one script): they must share a slot. They are small (tens of bytes; a meta is ~200 bytes).
+- `{<namespace>:<digest>}` and `{<response digest>}`: a cached value with its leases and failure mark (one script
+  stores the value, clears the mark and lets the lease go), and a stored response's bodies. These are the large
+  values (up to megabytes), spread over the cluster by their digest.
+
+A value and the generation it was computed under are in different slots, so no script checks one against the
+other: each value carries its generation (an entry's `g`, a meta's `generations`) and readers compare it with the
+current one. A value of an older generation is a miss, never a hit.
 
 | key | holds |
 |---|---|
-| `<p>:entry:<namespace>:<digest>` | a cached value (`CacheEntry`) |
-| `<p>:generation:<namespace>` | the namespace's generation; `invalidate` increments it (`data` is the data epoch) |
-| `<p>:lease:compute:<generation>:<namespace>:<digest>` | the lease of the process computing an entry |
-| `<p>:lease:refresh:<namespace>:<digest>` | the lease of the process refreshing a value |
-| `<p>:failed:<namespace>:<digest>` | the failure mark that throttles retries of a failing computation |
-| `<p>:response:<digest>:meta|raw|deflate` | a stored whole response (gql/stored.py) |
+| `<p>:entry:{<namespace>:<digest>}` | a cached value (`CacheEntry`) |
+| `<p>:generation:{<p>}:<namespace>` | the namespace's generation; `invalidate` moves it on (`data` is the data epoch) |
+| `<p>:lease:compute:{<namespace>:<digest>}:<generation>` | the lease of the process computing an entry |
+| `<p>:lease:refresh:{<namespace>:<digest>}` | the lease of the process refreshing a value |
+| `<p>:failed:{<namespace>:<digest>}` | the failure mark that throttles retries of a failing computation |
+| `<p>:response:{<p>}:<digest>:meta` | a stored whole response's meta: ETag, fields, generations (gql/stored.py) |
+| `<p>:response:{<digest>}:<etag>:raw|deflate` | its bodies, named by the ETag the meta gives (so never another answer's) |
 | `<p>:apq:<sha256>` | an Automatic Persisted Query's text |
 | `<p>:scheduled-refresh:<slot>` | the claim of the process that runs a scheduled refresh |
 | `<p>:filled` (channel) | "a computation ended" messages, `<entry key>|<outcome>`; invalidations, `<generation key>|<generation>` |
+
+The channel is classic pub/sub, also on a Cluster, where a message published on any node reaches the subscribers
+of every node: see docs/operations.md, "Redis Cluster", for why not sharded pub/sub.
 """
 
 from __future__ import annotations
@@ -43,26 +60,30 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.channel = f"{prefix}:filled"
+        self._shared = "{" + prefix + "}"  # the hash tag of generations and response metas
 
     def entry(self, namespace: str, parts: Mapping[str, Any]) -> EntryKey:
         hashed = digest(parts)
-        return EntryKey(namespace, hashed, f"{self.prefix}:entry:{namespace}:{hashed}")
+        return EntryKey(namespace, hashed, f"{self.prefix}:entry:{{{namespace}:{hashed}}}")
 
     def generation(self, namespace: str) -> str:
-        return f"{self.prefix}:generation:{namespace}"
+        return f"{self.prefix}:generation:{self._shared}:{namespace}"
 
     def compute_lease(self, key: EntryKey, generation: int) -> str:
         # Per generation: after a refresh, the new computation must not wait for one of before it.
-        return f"{self.prefix}:lease:compute:{generation}:{key.namespace}:{key.digest}"
+        return f"{self.prefix}:lease:compute:{{{key.namespace}:{key.digest}}}:{generation}"
 
     def refresh_lease(self, key: EntryKey) -> str:
-        return f"{self.prefix}:lease:refresh:{key.namespace}:{key.digest}"
+        return f"{self.prefix}:lease:refresh:{{{key.namespace}:{key.digest}}}"
 
     def failure(self, key: EntryKey) -> str:
-        return f"{self.prefix}:failed:{key.namespace}:{key.digest}"
+        return f"{self.prefix}:failed:{{{key.namespace}:{key.digest}}}"
 
-    def response(self, digest: str, part: str) -> str:
-        return f"{self.prefix}:response:{digest}:{part}"
+    def response_meta(self, digest: str) -> str:
+        return f"{self.prefix}:response:{self._shared}:{digest}:meta"
+
+    def response_body(self, digest: str, etag: str, part: str) -> str:
+        return f"{self.prefix}:response:{{{digest}}}:{etag}:{part}"
 
     def persisted_query(self, sha256: str) -> str:
         return f"{self.prefix}:apq:{sha256}"

@@ -190,7 +190,7 @@ class Leases:
             return
         try:
             await self._link.store_and_release(
-                keys=[self._keys.generation(key.namespace), key.name, lease, self._keys.failure(key)],
+                keys=[key.name, lease, self._keys.failure(key)],
                 args=[entry.generation, encoded, milliseconds(self._policy.keep_seconds(entry.fresh)), token, self._keys.channel, key.name],
             )
         except (RedisError, OSError) as exc:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from redis.exceptions import RedisError
 
+from gql.cache.generations import KnownGenerations
 from gql.cache.keys import Keys
 from gql.cache.local import LocalCache
 from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
@@ -17,10 +18,11 @@ log = logging.getLogger("gql.cache")
 class RawStore:
     """Reads and conditional writes of bytes, through the same bounded link and breaker as the cache."""
 
-    def __init__(self, link: RedisLink, keys: Keys, local: LocalCache) -> None:
+    def __init__(self, link: RedisLink, keys: Keys, local: LocalCache, generations: KnownGenerations) -> None:
         self._link = link
         self.keys = keys
         self._local = local
+        self._generations = generations
 
     async def read(self, namespaces: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, int], list[bytes | None]] | None:
         """The current generations of `namespaces` and the values at `keys`, in one round trip.
@@ -30,30 +32,36 @@ class RawStore:
         if not await self._link.usable():
             return None
         try:
-            raw = await self._link.call(self._link.reader.mget, *[self.keys.generation(n) for n in namespaces], *keys)
+            raw = await self._link.call(self._link.read_many, *[self.keys.generation(n) for n in namespaces], *keys)
         except Unavailable:
             return None
         # raw holds the generations first, then the values: zip stops at the namespaces.
-        generations = {n: int(g or 0) for n, g in zip(namespaces, raw, strict=False)}
+        generations = {n: self._generations.seen(n, int(g or 0)) for n, g in zip(namespaces, raw, strict=False)}
         return generations, list(raw[len(namespaces):])
 
     async def read_bulk(self, keys: Sequence[str]) -> list[bytes | None] | None:
         """Large values at `keys`; None while Redis is unavailable or slow to deliver them."""
         try:
-            return list(await self._link.call(self._link.reader.mget, *keys))
+            return await self._link.call(self._link.read_many, *keys)
         except Unavailable:
             return None
 
-    async def write(self, generations: Mapping[str, int], items: Mapping[str, bytes], ttl: float) -> bool:
-        """Store `items` for `ttl` seconds if every generation is still as read; False if not stored."""
+    async def write(
+        self, generations: Mapping[str, int], bodies: Mapping[str, bytes], key: str, value: bytes, ttl: float
+    ) -> bool:
+        """Store `value` at `key` (in the generations' slot) if every generation is still as read, then `bodies`
+        (keys of one slot), all for `ttl` seconds; False if nothing was stored. A reader that finds `value` before
+        the bodies, or without them (a failed write), does without both."""
         if not self._link.in_use:
             return False
         namespaces = list(generations)
         try:
             stored = await self._link.store_all_if_current(
-                keys=[*[self.keys.generation(n) for n in namespaces], *items],
-                args=[len(namespaces), *[generations[n] for n in namespaces], milliseconds(ttl), *items.values()],
+                keys=[*[self.keys.generation(n) for n in namespaces], key],
+                args=[len(namespaces), *[generations[n] for n in namespaces], milliseconds(ttl), value],
             )
+            if stored and bodies:
+                await self._link.store_all_if_current(keys=list(bodies), args=[0, milliseconds(ttl), *bodies.values()])
         except (RedisError, OSError) as exc:
             log.info("writing to Redis failed (%s); not stored", exc.__class__.__name__)
             return False

@@ -9,16 +9,15 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gql import metrics
 from gql.cache.breaker import BreakerState, CircuitBreaker
+from gql.cache.connect import Client, make_client
 from gql.clock import SYSTEM_CLOCK, Clock
-from gql.config import Settings, without_password
+from gql.config import RedisMode, Settings, without_password
 
 log = logging.getLogger("gql.cache")
 
@@ -36,17 +35,20 @@ end
 return 1
 """
 
-# Store an entry if the namespace generation is still the one the computation started under, clear
-# the failure mark, give up the lease (if still ours) and tell waiting processes.
-# KEYS: generation, entry, lease, failure mark; ARGV: generation, entry, ttl ms, token, channel, key.
+# Store an entry unless the one there was computed under a later generation (a refresh's value must not be
+# overwritten by a computation from before it), clear the failure mark, give up the lease (if still ours) and tell
+# waiting processes. The entry's generation is read from its first bytes (`{"f":2,"g":<generation>,...`): the
+# generation key itself lives in another slot on a Cluster (gql/cache/keys.py).
+# KEYS: entry, lease, failure mark; ARGV: generation, entry, ttl ms, token, channel, key.
 STORE_AND_RELEASE = """
 local stored = 0
-if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[4])
+local there = string.match(redis.call('GETRANGE', KEYS[1], 0, 63), '"g":(%d+)')
+if there == nil or tonumber(there) <= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[3])
   stored = 1
 end
-if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. (stored == 1 and '|stored' or '|unstored'))
 return stored
 """
@@ -59,12 +61,29 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
-# Invalidate a namespace: increment its generation and tell every process (`<generation key>|<new generation>`).
-# KEYS: generation; ARGV: channel. Returns the new generation.
+# Invalidate a namespace: move its generation on and tell every process (`<generation key>|<new generation>`).
+# The new generation is the later of one more than now and Redis's clock in milliseconds, so it never repeats one
+# that a failover lost (a replica promoted without the master's last writes): an entry or a kept response of a
+# lost generation can never become current again. KEYS: generation; ARGV: channel. Returns the new generation.
 BUMP = """
-local generation = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], KEYS[1] .. '|' .. generation)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local generation = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, now)
+local text = string.format('%d', generation)
+redis.call('SET', KEYS[1], text)
+redis.call('PUBLISH', ARGV[1], KEYS[1] .. '|' .. text)
 return generation
+"""
+
+# Put back a generation that Redis lost (a failover without the last writes) and a process still knows of:
+# raised to it, never lowered. KEYS: generation; ARGV: channel, the known generation. Returns the generation.
+RAISE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local known = tonumber(ARGV[2])
+if current >= known then return current end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[1], KEYS[1] .. '|' .. ARGV[2])
+return known
 """
 
 # Keep the lease while the computation runs; 0 when it is no longer ours.
@@ -95,26 +114,30 @@ class RedisLink:
     """
 
     def __init__(
-        self, settings: Settings, on_reconnect: Callable[[redis.Redis], Awaitable[None]], clock: Clock = SYSTEM_CLOCK
+        self, settings: Settings, on_reconnect: Callable[[Client], Awaitable[None]], clock: Clock = SYSTEM_CLOCK,
+        *, probe_key: str = "probe",
     ) -> None:
-        self.url = settings.redis_url
+        topology = settings.redis_topology()
+        self.mode = topology.mode
+        self.url = settings.redis_url if topology.mode is not RedisMode.SENTINEL else (
+            f"sentinel {topology.service} at {settings.redis_sentinels}"
+        )
         self.timeout = settings.redis_timeout
+        self.soft_timeout = min(settings.redis_soft_timeout, settings.redis_timeout)
         self.retry_seconds = settings.redis_retry_seconds
+        self.refresh_replicas = settings.refresh_replicas
+        self.refresh_wait = settings.redis_refresh_wait
         self.disabled = not settings.cache_enabled
         # redis-py retries with backoff by default (5 s timeouts, 10 retries in redis-py 8): a slow
-        # Redis must cost one short bound, never seconds.
-        bounded: dict[str, Any] = dict(
-            retry=Retry(NoBackoff(), 0), retry_on_error=[], health_check_interval=0, socket_connect_timeout=self.timeout,
-            # No CLIENT SETINFO when connecting: a burst that opens connections pays less.
-            driver_info=None,
-        )
-        self.reader = redis.Redis.from_url(self.url, socket_timeout=self.timeout, **bounded)
-        self.writer = redis.Redis.from_url(self.url, socket_timeout=max(self.timeout, settings.redis_write_timeout), **bounded)
-        self.listener = redis.Redis.from_url(self.url, socket_timeout=self.timeout, **bounded)
+        # Redis must cost one short bound, never seconds (gql/cache/connect.py).
+        self.reader = make_client(topology, self.timeout)
+        self.writer = make_client(topology, self.timeout, read_timeout=max(self.timeout, settings.redis_write_timeout))
+        self.listener = make_client(topology, self.timeout)
         self.store_all_if_current = self.writer.register_script(STORE_ALL_IF_CURRENT)
         self.store_and_release = self.writer.register_script(STORE_AND_RELEASE)
         self.release = self.reader.register_script(RELEASE)
         self.extend = self.reader.register_script(EXTEND)
+        self.raise_generation = self.reader.register_script(RAISE)
         self.breaker = CircuitBreaker(
             settings.redis_breaker_failures, self.retry_seconds, self._breaker_changed, slow_span=5 * self.timeout,
             clock=clock.monotonic,
@@ -122,11 +145,72 @@ class RedisLink:
         metrics.breaker(BreakerState.OPEN if self.disabled else BreakerState.CLOSED, opened=False)
         self._on_reconnect = on_reconnect
         self._probing = False
+        # What the probe reads: a key every request needs (on a Cluster, a PING answered by some node says nothing
+        # of the shard that holds it, which may still be failing over).
+        self._probe_key = probe_key
 
-    async def bump(self, generation_key: str, channel: str, client: redis.Redis | None = None) -> int:
-        """Run BUMP. Sent whole (EVAL, not a script's EVALSHA): like a plain INCR, it takes effect when Redis reads
-        it even if its answer comes too late for us (a frozen Redis, then thawed), and invalidations are rare."""
-        return int(await (client or self.reader).eval(BUMP, 1, generation_key, channel))
+    async def bump(self, generation_key: str, channel: str, client: Client | None = None) -> tuple[int, int | None]:
+        """Run BUMP; then, when refreshes wait for replicas, WAIT on the same connection (WAIT counts the replicas
+        that hold that connection's writes). Returns the new generation and how many replicas acknowledged it
+        (None: not asked).
+
+        Sent whole (EVAL, not a script's EVALSHA): like a plain INCR, it takes effect when Redis reads it even if
+        its answer comes too late for us (a frozen Redis, then thawed), and invalidations are rare."""
+        client = client or self.reader
+        if not self.refresh_replicas:
+            return int(await client.eval(BUMP, 1, generation_key, channel)), None
+        commands = [("EVAL", BUMP, 1, generation_key, channel), ("WAIT", self.refresh_replicas, milliseconds(self.refresh_wait))]
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(generation_key)
+            if node is None:
+                raise RedisError(f"no node serves {generation_key} (the slot table is being refreshed)")
+            connection = node.acquire_connection()
+            try:
+                generation, acknowledged = await self._send(connection, commands)
+            finally:
+                node.release(connection)
+        else:
+            connection = await client.connection_pool.get_connection()
+            try:
+                generation, acknowledged = await self._send(connection, commands)
+            finally:
+                await client.connection_pool.release(connection)
+        return int(generation), int(acknowledged)
+
+    async def _send(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands in one write on one connection, their answers in order (raising the first error)."""
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            answers = [await connection.read_response(timeout=self.timeout + self.refresh_wait) for _ in commands]
+        except BaseException:
+            await connection.disconnect()  # answers may still be on their way: this connection is out of step
+            raise
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    async def read_many(self, *keys: str) -> list[bytes | None]:
+        """GET of every key in one round trip (on a Cluster, one MGET per slot, sent together)."""
+        if isinstance(self.reader, RedisCluster):
+            found = await self.reader.mget_nonatomic(keys)
+        else:
+            found = await self.reader.mget(keys)
+        return found
+
+    async def reset(self) -> None:
+        """Drop pooled connections: they may be to a Redis that has since restarted or to a master that is one no
+        more (with no retries, each would fail once)."""
+        for client in (self.reader, self.writer):
+            if isinstance(client, RedisCluster):
+                for node in client.get_nodes():
+                    await node.disconnect()
+            else:
+                await client.connection_pool.disconnect()
+
+    async def probe(self) -> None:
+        """One read of a key every request needs; raises what the call raises."""
+        await self.reader.get(self._probe_key)
 
     @property
     def in_use(self) -> bool:
@@ -158,11 +242,8 @@ class RedisLink:
             return False
         self._probing = True
         try:
-            # Pooled connections may be to a Redis that has since restarted: with no retries, each
-            # would fail once. Start afresh.
-            for client in (self.reader, self.writer):
-                await client.connection_pool.disconnect()
-            await self.reader.ping()
+            await self.reset()
+            await self.probe()
             await self._on_reconnect(self.reader)
         except (RedisError, OSError) as exc:
             log.debug("Redis still unreachable: %s", exc)

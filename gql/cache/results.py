@@ -21,15 +21,15 @@ What it guarantees (docs/caching.md has the whole story):
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import redis.asyncio as redis
-
 from gql import metrics
 from gql.cache.breaker import BreakerState
+from gql.cache.connect import Client
 from gql.cache.entries import (
     CacheEntry,
     CacheResult,
@@ -40,6 +40,7 @@ from gql.cache.entries import (
     describe,
 )
 from gql.cache.flights import Flights
+from gql.cache.generations import KnownGenerations
 from gql.cache.keys import EntryKey, Keys
 from gql.cache.leases import Leases, Outcome
 from gql.cache.local import LocalCache
@@ -50,16 +51,18 @@ from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
 from gql.clock import SYSTEM_CLOCK, Clock
 from gql.config import Settings
 
+log = logging.getLogger("gql.cache")
 
 class ResultCache:
     def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK, *, local_entries: int | None = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.cache_prefix)
-        self.link = RedisLink(settings, self._reconnected, clock)
+        self.link = RedisLink(settings, self._reconnected, clock, probe_key=self.keys.generation("data"))
         self.local = LocalCache(settings.local_cache_entries if local_entries is None else local_entries, clock)
         self.policy = EntryPolicy(settings, clock)
         self.clock = clock
         self._background: set[asyncio.Task] = set()
+        self.generations = KnownGenerations(self.link, self.keys, self._background)
         self._notify = Notifications(self.link, self.keys.channel, lambda: self.state is CacheState.OK)
         self._leases = Leases(settings, self.link, self.keys, self._notify, self.policy, self._background)
         self._flights = Flights(self._leases, self.local, self.policy, settings.cache_fail_safe_retry_seconds, self._background)
@@ -67,7 +70,7 @@ class ResultCache:
         # Namespaces invalidated while Redis was away: bumped there before it is used again.
         self._pending_invalidations: set[str] = set()
         # Whole responses and other bytes, for the layers above (gql/responses.py).
-        self.raw = RawStore(self.link, self.keys, self.local)
+        self.raw = RawStore(self.link, self.keys, self.local, self.generations)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -106,7 +109,7 @@ class ResultCache:
         """Probe Redis now (for health checks) and return the resulting state."""
         if self.state is CacheState.OK:
             try:
-                await self.link.call(self.link.reader.ping)
+                await self.link.call(self.link.probe)
             except Unavailable:
                 return CacheState.DEGRADED  # this probe failed, whether or not the breaker has opened yet
         else:
@@ -177,12 +180,13 @@ class ResultCache:
         """(whether Redis answered, the namespace generation, the entry if any)."""
         for _ in range(2 if use_redis else 0):
             try:
-                raw_generation, raw_entry = await self.link.call(self.link.reader.mget, self.keys.generation(key.namespace), key.name)
+                raw_generation, raw_entry = await self.link.call(self.link.read_many, self.keys.generation(key.namespace), key.name)
             except Unavailable:
                 if self.link.breaker.state is not BreakerState.CLOSED:
                     break  # Redis is out: do without it
                 continue  # one failure with the breaker closed may be a hiccup (or a busy loop): once more
-            return True, int(raw_generation or 0), self.policy.decode(key.name, raw_entry)
+            generation = self.generations.seen(key.namespace, int(raw_generation or 0))
+            return True, generation, self.policy.decode(key.name, raw_entry)
         return False, self.local.generation(key.namespace), self.local.entries.get(key.name)
 
     async def _recent_failure(self, computation: Computation, use_redis: bool) -> str | None:
@@ -265,7 +269,15 @@ class ResultCache:
         if await self.link.usable():
             try:
                 # Published too: every process following the namespace hears of it (`on_invalidated`).
-                await self.link.call(self.link.bump, self.keys.generation(namespace), self.keys.channel)
+                generation, replicas = await self.link.call(self.link.bump, self.keys.generation(namespace), self.keys.channel)
+                self.generations.seen(namespace, generation)
+                if replicas is not None and replicas < self.link.refresh_replicas:
+                    metrics.unreplicated_refresh()
+                    log.warning(
+                        "the refresh of %s reached %d of %d replicas within %.2f s: if the master fails before it "
+                        "replicates, processes that saw it put it back (docs/operations.md, \"Failover\")",
+                        namespace, replicas, self.link.refresh_replicas, self.link.refresh_wait,
+                    )
                 return
             except Unavailable:
                 pass
@@ -278,12 +290,12 @@ class ResultCache:
         (re)started, so an invalidation may have been missed meanwhile; look at the generation."""
 
         async def heard(outcome: str | None) -> None:
-            await handler(int(outcome) if outcome else None)
+            await handler(self.generations.seen(namespace, int(outcome)) if outcome else None)
 
         self._notify.follow(self.keys.generation(namespace), heard)
         self._notify.ensure_listening()
 
-    async def _reconnected(self, client: redis.Redis) -> None:
+    async def _reconnected(self, client: Client) -> None:
         """Redis answers again: apply the invalidations made meanwhile, before anyone reads it."""
         for namespace in sorted(self._pending_invalidations):
             await self.link.bump(self.keys.generation(namespace), self.keys.channel, client)

@@ -1,0 +1,59 @@
+"""The generations this process knows of, so that one that Redis lost in a failover is put back.
+
+Redis replicates asynchronously: a replica promoted after its master died may lack the master's last writes,
+among them a generation that a refresh moved on. Every process remembers the highest generation of each
+namespace it has read, heard of or made; a generation read lower than that is a lost write. The process answers
+under the generation it knows (so entries from before the refresh stay misses) and raises Redis's back to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gql.cache.keys import Keys
+from gql.cache.redis_link import RedisLink, Unavailable
+
+log = logging.getLogger("gql.cache")
+
+
+class KnownGenerations:
+    def __init__(self, link: RedisLink, keys: Keys, background: set[asyncio.Task]) -> None:
+        self._link = link
+        self._keys = keys
+        self._background = background
+        self._known: dict[str, int] = {}
+        self._repairing: set[str] = set()
+        self.repaired = 0  # generations put back (for tests and the log)
+
+    def seen(self, namespace: str, generation: int) -> int:
+        """The generation to use, given one read from Redis: never lower than one known before."""
+        known = self._known.get(namespace, 0)
+        if generation > known:
+            self._known[namespace] = generation
+            return generation
+        if generation < known and namespace not in self._repairing:
+            self._repairing.add(namespace)
+            task = asyncio.ensure_future(self._put_back(namespace, generation, known))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return known
+
+    def forget(self) -> None:
+        """Start again from what Redis says (only for a Redis known to be another one)."""
+        self._known.clear()
+
+    async def _put_back(self, namespace: str, found: int, known: int) -> None:
+        try:
+            await self._link.call(
+                self._link.raise_generation, keys=[self._keys.generation(namespace)], args=[self._keys.channel, known],
+            )
+            self.repaired += 1
+            log.warning(
+                "Redis had lost a refresh of %s (generation %d read back as %d: a failover that lost the last writes?); "
+                "put back", namespace, known, found,
+            )
+        except Unavailable:
+            pass  # the next read that finds it lower tries again
+        finally:
+            self._repairing.discard(namespace)
