@@ -35,10 +35,10 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of the suite's own, which tests may stop, freeze, thaw and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not on PATH; the tests need a real Redis (apt-get install redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
 
@@ -46,14 +46,15 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
+        """The redis-server command line (tests/support/topologies.py runs others: cluster nodes, sentinels, TLS)."""
         assert REDIS_SERVER is not None, "redis-server is not on PATH"
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        return [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir)]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client(socket_timeout=0.5)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -61,6 +62,8 @@ class RedisServer:
                 break
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
+                    client.close()
+                    self.stop()  # one that hangs would otherwise outlive the test
                     raise RuntimeError(f"redis-server on port {self.port} did not start") from None
                 time.sleep(0.02)
         client.close()
@@ -80,8 +83,8 @@ class RedisServer:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2)
+    def client(self, socket_timeout: float = 2) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=socket_timeout)
 
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m gql` runs there
