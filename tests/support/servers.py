@@ -40,6 +40,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not on PATH; the tests need a real Redis (apt-get install redis-server)")
         self.port = port or free_port()
         self.workdir = workdir
+        self.log: Path | None = None  # where its output goes, when set; shown when it does not start
         self.process: subprocess.Popen | None = None
 
     @property
@@ -53,7 +54,8 @@ class RedisServer:
                 "--dir", str(self.workdir)]
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with self.log.open("ab") if self.log else open(os.devnull, "wb") as output:
+            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT)
         client = self.client(socket_timeout=0.5)
         deadline = time.monotonic() + 10
         while True:
@@ -64,9 +66,14 @@ class RedisServer:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     client.close()
                     self.stop()  # one that hangs would otherwise outlive the test
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                    raise RuntimeError(f"redis-server on port {self.port} did not start{self._log_tail()}") from None
                 time.sleep(0.02)
         client.close()
+
+    def _log_tail(self) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "; the end of its output:\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
