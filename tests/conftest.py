@@ -1,14 +1,17 @@
-"""Fixtures: real redis-server processes started by the suite on free ports, the test settings, and
-the app started in-process (make_client, client). The helpers behind them live in tests/support/,
+"""Fixtures: real redis-server processes started by the suite on free ports (standalone, and the cluster,
+sentinel and TLS topologies of tests/support/topologies.py), the test settings, and the app started
+in-process (make_client, client). The helpers behind them live in tests/support/,
 which test files import."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from starlette.testclient import TestClient
@@ -20,6 +23,9 @@ from tests.support.caches import CacheFactory
 from tests.support.http import ADMIN_TOKEN
 from tests.support.servers import RedisServer
 from tests.support.settings import with_settings
+from tests.support.topologies import RedisCluster, Running, SentinelGroup, Tls
+
+R = TypeVar("R", bound=Running)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +60,41 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A CA and a server certificate for TLS-only Redis; clients need only `redis_tls.ca`."""
+    return Tls.make(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster (three masters, three replicas) for a test file's tests, which must not kill or freeze its nodes."""
+    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A master, a replica and three sentinels for a test file's tests, which must not kill or freeze them."""
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
+
+
+@pytest.fixture
+def own_topology(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """`own_topology(RedisCluster, tls=...)`: a topology for one test alone (to kill or freeze nodes of), started;
+    every one made is stopped at teardown, whether the test passed or not."""
+    numbers = itertools.count()
+    with contextlib.ExitStack() as running:
+
+        def start(kind: type[R], **options) -> R:
+            topology = kind(tmp_path / f"{kind.__name__.lower()}-{next(numbers)}", **options)
+            running.enter_context(topology)
+            return topology
+
+        yield start
 
 
 @pytest.fixture

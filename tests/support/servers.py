@@ -35,25 +35,28 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of the suite's own, which tests may stop, freeze, thaw and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not on PATH; the tests need a real Redis (apt-get install redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.workdir = workdir
+        self.log: Path | None = None  # where its output goes, when set; shown when it does not start
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
+        """The redis-server command line (tests/support/topologies.py runs others: cluster nodes, sentinels, TLS)."""
         assert REDIS_SERVER is not None, "redis-server is not on PATH"
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        return [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir)]
+
+    def start(self) -> None:
+        with self.log.open("ab") if self.log else open(os.devnull, "wb") as output:
+            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT)
+        client = self.client(socket_timeout=0.5)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -61,9 +64,16 @@ class RedisServer:
                 break
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                    client.close()
+                    self.stop()  # one that hangs would otherwise outlive the test
+                    raise RuntimeError(f"redis-server on port {self.port} did not start{self._log_tail()}") from None
                 time.sleep(0.02)
         client.close()
+
+    def _log_tail(self) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "; the end of its output:\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -80,8 +90,8 @@ class RedisServer:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2)
+    def client(self, socket_timeout: float = 2) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=socket_timeout)
 
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m gql` runs there
