@@ -106,6 +106,7 @@ class _Remembered:
     meta: bytes  # the meta bytes stored with it in Redis
     stored: StoredResponse
     generations: dict[str, int]
+    local: dict[str, int]  # this process's own generations when it was read or written (see `_kept`)
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,14 @@ class ResponseCacheApp:
         feed = self.service.data
         snapshot = feed.current
         key = response_key(shape, operation.variables, operation.operation_name, snapshot)
+        local = self.raw.local_generations(shape.namespaces)
+        # An answer in hand: Redis gets a soft bound only, and when it is late or fails that answer goes out.
+        kept = self._kept(key, local)
         # The data epoch comes in the same round trip as the stored answer's meta.
-        looked_up = await self.raw.read((DATA_EPOCH, *shape.namespaces), [self.raw.keys.response_meta(key)])
+        looked_up = await self.raw.read((DATA_EPOCH, *shape.namespaces), [self.raw.keys.response_meta(key)], soft=kept is not None)
+        if looked_up is None and kept is not None:
+            await self._answer(send, request, kept, snapshot.version)
+            return
         if looked_up is not None:
             generations, _ = looked_up
             latest = await feed.catch_up(generations.pop(DATA_EPOCH))
@@ -213,11 +220,23 @@ class ResponseCacheApp:
             await self._execute(send, request, operation, snapshot)
             return
         generations, (raw_meta,) = looked_up
-        stored = await self._stored(key, raw_meta, generations)
+        stored = await self._stored(key, raw_meta, generations, local)
         if stored is not None:
             await self._answer(send, request, stored, snapshot.version)
             return
-        await self._execute(send, request, operation, snapshot, store_as=(key, generations))
+        await self._execute(send, request, operation, snapshot, store_as=(key, generations, local))
+
+    def _kept(self, key: str, local: dict[str, int]) -> StoredResponse | None:
+        """The answer this process served for `key` a moment ago, if nothing it knows of has changed it since: no
+        refresh through this process (its own generations), none heard of from others (the generations it knows),
+        and still fresh. (The data version is in the key.)"""
+        remembered = self._memory.get(key)
+        if remembered is None or remembered.local != local or remembered.stored.expires <= self._now():
+            return None
+        known = self.cache.generations.known
+        if any(known(namespace) != generation for namespace, generation in remembered.generations.items()):
+            return None
+        return remembered.stored
 
     # -- while Redis is away ----------------------------------------------------------------------------
 
@@ -230,6 +249,11 @@ class ResponseCacheApp:
         kept = self._degraded.get(key)
         if kept is not None and kept.generations == generations and kept.stored.expires > self._now():
             await self._answer(send, request, kept.stored, snapshot.version)
+            return
+        # Served with Redis a moment before it went away, and not refreshed through this process since.
+        remembered = self._kept(key, generations)
+        if remembered is not None:
+            await self._answer(send, request, remembered, snapshot.version)
             return
         await self._execute(send, request, operation, snapshot, keep_locally=(key, generations))
 
@@ -245,7 +269,9 @@ class ResponseCacheApp:
 
     # -- hits ---------------------------------------------------------------------------------------
 
-    async def _stored(self, key: str, raw_meta: bytes | None, generations: dict[str, int]) -> StoredResponse | None:
+    async def _stored(
+        self, key: str, raw_meta: bytes | None, generations: dict[str, int], local: dict[str, int]
+    ) -> StoredResponse | None:
         if raw_meta is None:
             return None
         remembered = self._memory.get(key)
@@ -268,7 +294,7 @@ class ResponseCacheApp:
         if bodies is None or bodies[0] is None or bodies[1] is None:
             return None
         stored = StoredResponse.from_meta(meta, bodies[0], bodies[1])
-        self._memory.put(key, _Remembered(raw_meta, stored, generations))
+        self._memory.put(key, _Remembered(raw_meta, stored, generations, local))
         return stored
 
     async def _answer(self, send: Send, request: GraphQLRequest, stored: StoredResponse, data_version: str) -> None:
@@ -297,7 +323,7 @@ class ResponseCacheApp:
 
     async def _execute(
         self, send: Send, request: GraphQLRequest, operation: Operation, snapshot: PriceStore,
-        store_as: tuple[str, dict[str, int]] | None = None, keep_locally: tuple[str, dict[str, int]] | None = None,
+        store_as: tuple[str, dict[str, int], dict[str, int]] | None = None, keep_locally: tuple[str, dict[str, int]] | None = None,
     ) -> None:
         """Execute the query on `snapshot`, add HTTP caching headers to the answer, store it when it may be stored."""
         answer, in_worker = None, False
@@ -323,12 +349,12 @@ class ResponseCacheApp:
         if keep_locally is not None:
             self._background(self._keep_locally(*keep_locally, stored))
         if store_as is not None and self._may_store(stored):
-            key, generations = store_as
+            key, generations, local = store_as
             # After the answer is sent: compressing megabytes is the worker's job, or a thread's here.
             if in_worker and self.workers is not None:
                 self._background(self.workers.store(key, generations, stored))
             else:
-                self._background(self._store(key, generations, stored))
+                self._background(self._store(key, generations, local, stored))
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -342,13 +368,13 @@ class ResponseCacheApp:
         metrics.RESPONSE_MISSES.inc()
         return True
 
-    async def _store(self, key: str, generations: dict[str, int], stored: StoredResponse) -> None:
+    async def _store(self, key: str, generations: dict[str, int], local: dict[str, int], stored: StoredResponse) -> None:
         try:
             # Compressing megabytes takes a while; zlib lets go of the GIL, so a thread keeps the loop free.
             stored = await asyncio.get_running_loop().run_in_executor(None, stored.compressed)
             meta = await stored_entries.write(self.raw, key, generations, stored)
             if meta is not None:
-                self._memory.put(key, _Remembered(meta, stored, generations))
+                self._memory.put(key, _Remembered(meta, stored, generations, local))
         except Exception:
             # Storing is an optimization: the answer has been sent; the next request computes again.
             log.exception("storing a response failed")

@@ -10,10 +10,12 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+import redis.cluster
 from starlette.testclient import TestClient
 
 from gql.app import create_app
@@ -80,6 +82,41 @@ def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
     """A master, a replica and three sentinels for a test file's tests, which must not kill or freeze them."""
     with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
         yield group
+
+
+@dataclass(frozen=True)
+class SharedRedis:
+    """A Redis that servers share, in one of the modes of GQL_REDIS_MODE: its URL, the settings that name the mode,
+    and a client that sees every key (on a cluster, KEYS asks every master)."""
+
+    mode: str
+    url: str
+    client: Callable[[], Any]
+    nodes: Callable[[], list[RedisServer]]
+
+    def subscribers(self, channel: str) -> int:
+        """Subscribers of `channel` over every node (on a cluster each process subscribes at one node)."""
+        total = 0
+        for node in self.nodes():
+            with node.client() as client:
+                total += client.pubsub_numsub(channel)[0][1]
+        return total
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"GQL_REDIS_MODE": self.mode}
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def shared_redis(request: pytest.FixtureRequest, redis_server: RedisServer) -> SharedRedis:
+    """The suite's Redis, then the module's Redis Cluster: cache behaviours that must hold in every mode."""
+    if request.param == "standalone":
+        return SharedRedis("standalone", redis_server.url, redis_server.client, lambda: [redis_server])
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return SharedRedis(
+        "cluster", cluster.url, lambda: redis.cluster.RedisCluster.from_url(cluster.url),
+        lambda: [node for node in cluster.nodes if node.live],
+    )
 
 
 @pytest.fixture

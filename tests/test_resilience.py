@@ -133,11 +133,11 @@ def prefix(name: str) -> str:
 
 
 @pytest.mark.parametrize("processes", ["0", "1"], ids=["in-server", "query-workers"])
-def test_a_cold_stampede_on_four_servers_computes_each_key_once(redis_server, tmp_path, processes):
+def test_a_cold_stampede_on_four_servers_computes_each_key_once(shared_redis, tmp_path, processes):
     # 0: the 50 requests of a server share one computation in its process, the servers share the lease;
     # 1: each server sends them to its query worker, and the four workers share the lease.
     shared = prefix("stampede")
-    with servers(redis_server.url, tmp_path, 4, GQL_CACHE_PREFIX=shared, GQL_FAULT_COMPUTE_DELAY="1.0",
+    with servers(shared_redis.url, tmp_path, 4, **shared_redis.env, GQL_CACHE_PREFIX=shared, GQL_FAULT_COMPUTE_DELAY="1.0",
                  GQL_QUERY_PROCESSES=processes) as fleet:
         calls = [(server.base, YIELD if i % 2 else YIELD_HSI, {}) for server in fleet for i in range(50)]
         random.Random(7).shuffle(calls)
@@ -156,14 +156,14 @@ def test_a_cold_stampede_on_four_servers_computes_each_key_once(redis_server, tm
         # it was answered from an empty cache).
         assert computations(fleet) == 2
         assert sum(metric(s.base, "gql_cache_leases_total", field=FIELD, outcome="acquired") for s in fleet) == 2
-        assert len(redis_server.client().keys(f"{shared}:entry:{{{FIELD}:*")) == 2
+        assert len(shared_redis.client().keys(f"{shared}:entry:{{{FIELD}:*")) == 2
 
 
-def test_a_computation_slower_than_its_lease_runs_once(redis_server, tmp_path):
+def test_a_computation_slower_than_its_lease_runs_once(shared_redis, tmp_path):
     # The lease (0.5 s) is kept by its holder while it computes (2 s): the waiters, including those
     # that come when the first lease period is long over, never take over from a live holder.
     shared = prefix("slow")
-    with servers(redis_server.url, tmp_path, 2, GQL_CACHE_PREFIX=shared, GQL_CACHE_LEASE_SECONDS="0.5",
+    with servers(shared_redis.url, tmp_path, 2, **shared_redis.env, GQL_CACHE_PREFIX=shared, GQL_CACHE_LEASE_SECONDS="0.5",
                  GQL_FAULT_COMPUTE_DELAY="2.0") as fleet:
         calls = [(server.base, YIELD, {}) for _ in range(6) for server in fleet]
         delays = [0.0, 0.0, 0.0, 0.0, 0.7, 0.7, 0.7, 0.7, 1.4, 1.4, 1.4, 1.4]
@@ -175,14 +175,14 @@ def test_a_computation_slower_than_its_lease_runs_once(redis_server, tmp_path):
         assert waited >= 1, "the other server should have waited for the holder's computation"
 
 
-def test_when_the_lease_holder_is_killed_another_server_takes_over(redis_server, tmp_path):
+def test_when_the_lease_holder_is_killed_another_server_takes_over(shared_redis, tmp_path):
     shared = prefix("killed")
-    client = redis_server.client()
-    with servers(redis_server.url, tmp_path, 2, GQL_CACHE_PREFIX=shared, GQL_CACHE_LEASE_SECONDS="1",
+    client = shared_redis.client()
+    with servers(shared_redis.url, tmp_path, 2, **shared_redis.env, GQL_CACHE_PREFIX=shared, GQL_CACHE_LEASE_SECONDS="1",
                  GQL_FAULT_COMPUTE_DELAY="2.0") as (a, b):
         outcome: dict[str, Any] = {}
         # Each server process listens on the channel from its start (refreshes made through the others).
-        listening = wait_until(lambda: client.pubsub_numsub(f"{shared}:filled")[0][1] == 2 and 2, 10, "A and B to listen")
+        listening = wait_until(lambda: shared_redis.subscribers(f"{shared}:filled") == 2 and 2, 10, "A and B to listen")
 
         def ask(name: str, server: ServerProcess) -> None:
             try:
@@ -196,7 +196,7 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(redis_server,
         to_b = threading.Thread(target=ask, args=("b", b))
         to_b.start()
         # B (its query worker) waits for the holder: it listens on the "filled" channel too.
-        wait_until(lambda: client.pubsub_numsub(f"{shared}:filled")[0][1] > listening, 10, "B to wait for A's computation")
+        wait_until(lambda: shared_redis.subscribers(f"{shared}:filled") > listening, 10, "B to wait for A's computation")
         assert "b" not in outcome
         a.kill()
         killed = time.monotonic()
@@ -222,8 +222,8 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(redis_server,
 # --- stale-while-revalidate and fail-safe -------------------------------------------------------------
 
 
-def test_stale_while_revalidate_answers_the_old_value_and_recomputes_once(redis_server, tmp_path):
-    with servers(redis_server.url, tmp_path, 1, GQL_YIELD_TTL="1", GQL_CACHE_STALE_SECONDS="30",
+def test_stale_while_revalidate_answers_the_old_value_and_recomputes_once(shared_redis, tmp_path):
+    with servers(shared_redis.url, tmp_path, 1, **shared_redis.env, GQL_YIELD_TTL="1", GQL_CACHE_STALE_SECONDS="30",
                  GQL_RESPONSE_CACHE="true", GQL_FAULT_COMPUTE_DELAY="2.0") as (server,):
         first = post(server.base, YIELD)
         assert statuses(first) == ["MISS"] and not first.get("errors")
@@ -258,9 +258,9 @@ def test_stale_while_revalidate_answers_the_old_value_and_recomputes_once(redis_
         assert computations([server]) == 2
 
 
-def test_fail_safe_serves_the_last_good_value_and_throttles_retries(redis_server, tmp_path):
+def test_fail_safe_serves_the_last_good_value_and_throttles_retries(shared_redis, tmp_path):
     fail = tmp_path / "fail"
-    with servers(redis_server.url, tmp_path, 1, GQL_YIELD_TTL="1", GQL_CACHE_STALE_SECONDS="0",
+    with servers(shared_redis.url, tmp_path, 1, **shared_redis.env, GQL_YIELD_TTL="1", GQL_CACHE_STALE_SECONDS="0",
                  GQL_CACHE_FAIL_SAFE_RETRY_SECONDS="3", GQL_FAULT_COMPUTE_FAIL_FILE=str(fail)) as (server,):
 
         def failures() -> float:
@@ -307,11 +307,11 @@ def test_fail_safe_serves_the_last_good_value_and_throttles_retries(redis_server
         assert statuses(again) == ["HIT"] and "error" not in again["extensions"]["cache"][0]
 
 
-def test_a_failed_computation_with_nothing_to_stand_in_is_an_error_and_stores_nothing(redis_server, tmp_path):
+def test_a_failed_computation_with_nothing_to_stand_in_is_an_error_and_stores_nothing(shared_redis, tmp_path):
     fail = tmp_path / "fail"
     fail.touch()
-    client = redis_server.client()
-    with servers(redis_server.url, tmp_path, 1, GQL_FAULT_COMPUTE_FAIL_FILE=str(fail)) as (server,):
+    client = shared_redis.client()
+    with servers(shared_redis.url, tmp_path, 1, **shared_redis.env, GQL_FAULT_COMPUTE_FAIL_FILE=str(fail)) as (server,):
         for _ in range(2):  # the failure is not cached: each request tries (and fails) again
             body = post(server.base, YIELD)  # HTTP 200
             assert body.get("data") is None, body
@@ -451,12 +451,38 @@ def test_redis_frozen_then_killed_under_load_every_request_is_answered(own_redis
         assert recovered()
 
 
+def ages(body: dict) -> list[float]:
+    return [entry["ageSeconds"] for entry in body["extensions"]["cache"]]
+
+
+@pytest.mark.parametrize("fault", ["frozen", "refusing"])
+def test_a_kept_answer_goes_out_while_redis_is_away_but_never_after_a_refresh_through_this_server(own_redis, tmp_path, fault):
+    """Soft timeouts: a hot query is answered from the response this process served a moment ago instead of
+    waiting for a frozen Redis (or computing again when it refuses); a refresh through this process ends that."""
+    with servers(own_redis.url, tmp_path, 1, GQL_ADMIN_TOKEN=TOKEN, GQL_QUERY_PROCESSES="0") as (server,):
+        warm = post(server.base, YIELD)
+        wait_until(lambda: statuses(post(server.base, YIELD)) == ["HIT"], 10, "the answer to be stored and kept")
+        hits = metric(server.base, "gql_response_cache_total", outcome="hit")
+        time.sleep(1.5)  # the kept answer is at least this old: told apart from one computed after the refresh
+        own_redis.freeze() if fault == "frozen" else own_redis.stop()
+        try:
+            kept = post(server.base, YIELD)
+            assert kept["data"] == warm["data"] and statuses(kept) == ["HIT"] and min(ages(kept)) >= 1.5, kept
+            assert metric(server.base, "gql_response_cache_total", outcome="hit") == hits + 1
+            refreshed = post(server.base, REFRESH, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert not refreshed.get("errors"), refreshed
+            after = post(server.base, YIELD)
+            assert after["data"] == warm["data"] and max(ages(after)) < 1.5, after  # not the answer kept before it
+        finally:
+            own_redis.thaw() if fault == "frozen" else own_redis.start()
+
+
 # --- refresh -------------------------------------------------------------------------------------------
 
 
-def test_concurrent_refreshes_across_servers_coalesce_into_one_computation(redis_server, tmp_path):
+def test_concurrent_refreshes_across_servers_coalesce_into_one_computation(shared_redis, tmp_path):
     shared = prefix("refresh")
-    with servers(redis_server.url, tmp_path, 2, GQL_CACHE_PREFIX=shared, GQL_ADMIN_TOKEN=TOKEN,
+    with servers(shared_redis.url, tmp_path, 2, **shared_redis.env, GQL_CACHE_PREFIX=shared, GQL_ADMIN_TOKEN=TOKEN,
                  GQL_FAULT_COMPUTE_DELAY="1.0") as fleet:
         warm = [post(server.base, YIELD) for server in fleet]
         assert statuses(warm[0]) == ["MISS"] and statuses(warm[1]) == ["HIT"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from gql.cache.keys import Keys
 from gql.cache.redis_link import RedisLink, Unavailable
@@ -18,8 +19,13 @@ log = logging.getLogger("gql.cache")
 
 
 class KnownGenerations:
-    def __init__(self, link: RedisLink, keys: Keys, background: set[asyncio.Task]) -> None:
+    def __init__(
+        self, link: RedisLink, keys: Keys, background: set[asyncio.Task], follow: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self._link = link
+        # Called once per namespace, when first seen: from then on its invalidations, heard on the channel,
+        # come to `seen` too (answers kept in memory rely on this: see gql/responses.py `_kept`).
+        self._follow = follow
         self._keys = keys
         self._background = background
         self._known: dict[str, int] = {}
@@ -28,7 +34,10 @@ class KnownGenerations:
 
     def seen(self, namespace: str, generation: int) -> int:
         """The generation to use, given one read from Redis: never lower than one known before."""
-        known = self._known.get(namespace, 0)
+        known = self._known.get(namespace)
+        if known is None:
+            self._follow(namespace)
+            known = 0
         if generation > known:
             self._known[namespace] = generation
             return generation
@@ -39,9 +48,9 @@ class KnownGenerations:
             task.add_done_callback(self._background.discard)
         return known
 
-    def forget(self) -> None:
-        """Start again from what Redis says (only for a Redis known to be another one)."""
-        self._known.clear()
+    def known(self, namespace: str) -> int:
+        """The highest generation of the namespace seen so far (0: none)."""
+        return self._known.get(namespace, 0)
 
     async def _put_back(self, namespace: str, found: int, known: int) -> None:
         try:

@@ -24,15 +24,19 @@ class RawStore:
         self._local = local
         self._generations = generations
 
-    async def read(self, namespaces: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, int], list[bytes | None]] | None:
+    async def read(
+        self, namespaces: Sequence[str], keys: Sequence[str], *, soft: bool = False
+    ) -> tuple[dict[str, int], list[bytes | None]] | None:
         """The current generations of `namespaces` and the values at `keys`, in one round trip.
 
-        None while Redis is unavailable (callers then do without this layer).
+        None while Redis is unavailable (callers then do without this layer), and, with `soft` (the caller has an
+        answer in hand), when Redis has not answered within the soft timeout (the call goes on in the background).
         """
         if not await self._link.usable():
             return None
         try:
-            raw = await self._link.call(self._link.read_many, *[self.keys.generation(n) for n in namespaces], *keys)
+            call = self._link.call_soft if soft else self._link.call
+            raw = await call(self._link.read_many, *[self.keys.generation(n) for n in namespaces], *keys)
         except Unavailable:
             return None
         # raw holds the generations first, then the values: zip stops at the namespaces.

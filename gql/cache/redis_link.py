@@ -101,6 +101,15 @@ class Unavailable(Exception):
     """Redis cannot be used for this call (breaker open, or the call failed)."""
 
 
+class Late(Unavailable):
+    """Redis has not answered within the soft timeout; the call goes on in the background."""
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a late call's failure is the breaker's business, not asyncio's "never retrieved"
+
+
 def milliseconds(seconds: float) -> int:
     """A Redis PX argument: at least 1 ms."""
     return max(1, int(seconds * 1000))
@@ -148,6 +157,7 @@ class RedisLink:
         # What the probe reads: a key every request needs (on a Cluster, a PING answered by some node says nothing
         # of the shard that holds it, which may still be failing over).
         self._probe_key = probe_key
+        self._late: asyncio.Task[Any] | None = None
 
     async def bump(self, generation_key: str, channel: str, client: Client | None = None) -> tuple[int, int | None]:
         """Run BUMP; then, when refreshes wait for replicas, WAIT on the same connection (WAIT counts the replicas
@@ -231,6 +241,20 @@ class RedisLink:
             raise Unavailable from exc
         self.breaker.succeeded()
         return result
+
+    async def call_soft(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """`call`, for a request that has an answer in hand: Late when Redis has not answered within the soft
+        timeout, and at once while an earlier call that was late is still running (Redis is slow: one call at a time
+        finds out whether it still is, and its failure counts for the breaker as any other)."""
+        if self._late is not None and not self._late.done():
+            raise Late
+        task = asyncio.ensure_future(self.call(fn, *args))
+        done, _ = await asyncio.wait({task}, timeout=self.soft_timeout)
+        if task in done:
+            return task.result()
+        self._late = task
+        task.add_done_callback(_retrieve)
+        raise Late
 
     async def usable(self) -> bool:
         """Whether to use Redis for this request (probing it when the breaker's cool-down is over)."""

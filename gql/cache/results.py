@@ -62,7 +62,7 @@ class ResultCache:
         self.policy = EntryPolicy(settings, clock)
         self.clock = clock
         self._background: set[asyncio.Task] = set()
-        self.generations = KnownGenerations(self.link, self.keys, self._background)
+        self.generations = KnownGenerations(self.link, self.keys, self._background, self._follow_generation)
         self._notify = Notifications(self.link, self.keys.channel, lambda: self.state is CacheState.OK)
         self._leases = Leases(settings, self.link, self.keys, self._notify, self.policy, self._background)
         self._flights = Flights(self._leases, self.local, self.policy, settings.cache_fail_safe_retry_seconds, self._background)
@@ -291,6 +291,14 @@ class ResultCache:
 
         async def heard(outcome: str | None) -> None:
             await handler(self.generations.seen(namespace, int(outcome)) if outcome else None)
+
+        self._notify.follow(self.keys.generation(namespace), heard)
+        self._notify.ensure_listening()
+
+    def _follow_generation(self, namespace: str) -> None:
+        async def heard(outcome: str | None) -> None:
+            if outcome:
+                self.generations.seen(namespace, int(outcome))
 
         self._notify.follow(self.keys.generation(namespace), heard)
         self._notify.ensure_listening()
