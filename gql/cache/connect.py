@@ -32,9 +32,10 @@ def make_client(topology: Topology, timeout: float, *, read_timeout: float | Non
     if topology.password is not None:
         bounded["password"] = topology.password
     if topology.mode is RedisMode.CLUSTER:
-        # One attempt per call: a failover shows as failed calls (the breaker then serves from memory)
-        # and the next call after it finds the new master through the refreshed slot table.
-        return RedisCluster.from_url(topology.url, cluster_error_retry_attempts=0, **bounded)
+        # One attempt per call (the retry given is the cluster's own since redis-py 6): a failover shows as failed
+        # calls (the breaker then serves from memory) and a call after it finds the new master through the
+        # refreshed slot table.
+        return RedisCluster.from_url(topology.url, **bounded)
     if topology.mode is RedisMode.SENTINEL:
         return _sentinel(topology, bounded).master_for(topology.service, redis_class=redis.Redis, **bounded)
     return redis.Redis.from_url(topology.url, **bounded)
