@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx2
@@ -73,7 +74,7 @@ def test_killing_the_master_of_the_generations_mid_run_loses_no_answer_and_no_re
     with servers(cluster.url, tmp_path, 2, GQL_REDIS_MODE="cluster", GQL_CACHE_PREFIX=shared, GQL_ADMIN_TOKEN=TOKEN,
                  GQL_REDIS_RETRY_SECONDS="0.5") as fleet:
         for server in fleet:
-            wait_until(lambda s=server: hit_through_redis(s.base), 15, "HITs before the kill")
+            wait_until(partial(hit_through_redis, server.base), 15, "HITs before the kill")
         master = cluster.master_for_key(generation_key(shared))
         loads = [Load(server.base) for server in fleet]
         with loads[0], loads[1]:
@@ -86,7 +87,7 @@ def test_killing_the_master_of_the_generations_mid_run_loses_no_answer_and_no_re
             cluster.kill(master)
             cluster.wait_failover(master)
             for server in fleet:
-                wait_until(lambda s=server: hit_through_redis(s.base), 20, "HITs through Redis after the failover")
+                wait_until(partial(hit_through_redis, server.base), 20, "HITs through Redis after the failover")
             for load in loads:
                 load.phase = "after"
             wait_until(lambda: all(load.count("after") >= 10 for load in loads), 10, "requests after the failover")
@@ -105,7 +106,7 @@ def test_a_refresh_that_a_failover_loses_is_put_back_by_the_processes_that_saw_i
     with servers(cluster.url, tmp_path, 2, GQL_REDIS_MODE="cluster", GQL_CACHE_PREFIX=shared, GQL_ADMIN_TOKEN=TOKEN,
                  GQL_REDIS_RETRY_SECONDS="0.5", GQL_REDIS_REFRESH_REPLICAS="0") as (a, b):
         for server in (a, b):
-            wait_until(lambda s=server: hit_through_redis(s.base), 15, "HITs before the refresh")
+            wait_until(partial(hit_through_redis, server.base), 15, "HITs before the refresh")
         key = generation_key(shared)
         master = cluster.master_for_key(key)
         (replica,) = cluster.replicas[master]
@@ -125,11 +126,11 @@ def test_a_refresh_that_a_failover_loses_is_put_back_by_the_processes_that_saw_i
             assert int(client.get(key) or 0) < refreshed, "the promoted replica has the refresh: nothing was lost"
         # b did not make the refresh: it heard of it on the channel.
         for server in (b, a):
-            wait_until(lambda s=server: computed_after(s.base, sent), 20, "answers computed after the refresh")
+            wait_until(partial(computed_after, server.base, sent), 20, "answers computed after the refresh")
         with replica.client() as client:
             wait_until(lambda: int(client.get(key) or 0) == refreshed, 10, "the lost generation to be put back")
         for server in (a, b):
-            wait_until(lambda s=server: hit_through_redis(s.base), 20, "HITs through Redis after the failover")
+            wait_until(partial(hit_through_redis, server.base), 20, "HITs through Redis after the failover")
             assert computed_after(server.base, sent)
 
 
