@@ -232,6 +232,35 @@ def test_defaults_are_valid():
     Settings().validate()
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"GQL_REDIS_MODE": "replicated"}, "GQL_REDIS_MODE='replicated' is not a mode; expected one of standalone, cluster, sentinel"),
+        ({"GQL_REDIS_MODE": "sentinel", "GQL_REDIS_SENTINEL_SERVICE": "m"}, "GQL_REDIS_SENTINELS='': no sentinel given"),
+        ({"GQL_REDIS_MODE": "sentinel", "GQL_REDIS_SENTINELS": "s1:26379,s2", "GQL_REDIS_SENTINEL_SERVICE": "m"}, "'s2' is not host:port"),
+        ({"GQL_REDIS_MODE": "sentinel", "GQL_REDIS_SENTINELS": "s1:26379"}, "GQL_REDIS_SENTINEL_SERVICE is not set"),
+        ({"GQL_REDIS_MODE": "cluster", "REDIS_URL": "unix:///run/redis.sock"}, "needs REDIS_URL as redis:// or rediss://"),
+        ({"GQL_REDIS_REFRESH_REPLICAS": "-1"}, "GQL_REDIS_REFRESH_REPLICAS must be >= 0"),
+        ({"GQL_CACHE_PREFIX": "a{b}"}, "must not hold { or }"),
+    ],
+)
+def test_redis_mode_settings_say_what_is_missing_or_wrong(env: dict[str, str], says: str):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert says in str(refused.value)
+
+
+def test_redis_modes_read_their_settings():
+    sentinel = Settings.from_env({
+        "GQL_REDIS_MODE": "Sentinel", "GQL_REDIS_SENTINELS": "s1:26379, [::1]:26380", "GQL_REDIS_SENTINEL_SERVICE": "gql",
+    })
+    topology = sentinel.redis_topology()
+    assert topology.mode.value == "sentinel" and topology.sentinels == (("s1", 26379), ("::1", 26380))
+    assert sentinel.refresh_replicas == 1
+    assert Settings().refresh_replicas == 0  # standalone: nothing to wait for
+    assert Settings.from_env({"GQL_REDIS_MODE": "cluster", "GQL_REDIS_REFRESH_REPLICAS": "0"}).refresh_replicas == 0
+
+
 def test_every_setting_is_in_the_readme_table_and_in_the_configuration_docs():
     from dataclasses import fields
     from pathlib import Path
