@@ -192,19 +192,20 @@ class ResponseCacheApp:
         if not self.enabled or self.cache.state is CacheState.DISABLED:
             await self._execute(send, request, operation, await self.service.snapshot())
             return
-        # (available() lets one request probe Redis once the breaker's cool-down is over.)
-        if self.cache.state is CacheState.DEGRADED and not await self.raw.available():
-            await self._serve_degraded(send, request, operation, shape)
-            return
-        if self._degraded:
-            # Redis is back: what was kept meanwhile may predate refreshes made through other processes.
-            self._degraded.clear()
         feed = self.service.data
         snapshot = feed.current
         key = response_key(shape, operation.variables, operation.operation_name, snapshot)
         local = self.raw.local_generations(shape.namespaces)
         # An answer in hand: Redis gets a soft bound only, and when it is late or fails that answer goes out.
         kept = self._kept(key, local)
+        # (available() lets one request probe Redis once the breaker's cool-down is over; one with an answer in
+        # hand does not wait for the probe.)
+        if self.cache.state is CacheState.DEGRADED and not await self.raw.available(wait=kept is None):
+            await self._serve_degraded(send, request, operation, snapshot, key, local, kept)
+            return
+        if self._degraded:
+            # Redis is back: what was kept meanwhile may predate refreshes made through other processes.
+            self._degraded.clear()
         # The data epoch comes in the same round trip as the stored answer's meta.
         looked_up = await self.raw.read((DATA_EPOCH, *shape.namespaces), [self.raw.keys.response_meta(key)], soft=kept is not None)
         if looked_up is None and kept is not None:
@@ -240,18 +241,17 @@ class ResponseCacheApp:
 
     # -- while Redis is away ----------------------------------------------------------------------------
 
-    async def _serve_degraded(self, send: Send, request: GraphQLRequest, operation: Operation, shape: QueryShape) -> None:
+    async def _serve_degraded(
+        self, send: Send, request: GraphQLRequest, operation: Operation, snapshot: PriceStore, key: str,
+        generations: dict[str, int], remembered: StoredResponse | None,
+    ) -> None:
         """Whole responses kept in this process, under its own generations, while the breaker is open:
-        answers stay as fast as with Redis (they would otherwise all go through the resolvers)."""
-        snapshot = self.service.data.current
-        key = response_key(shape, operation.variables, operation.operation_name, snapshot)
-        generations = self.raw.local_generations(shape.namespaces)
+        answers stay as fast as with Redis (they would otherwise all go through the resolvers). `remembered`:
+        the one served with Redis a moment before it went away, not refreshed through this process since."""
         kept = self._degraded.get(key)
         if kept is not None and kept.generations == generations and kept.stored.expires > self._now():
             await self._answer(send, request, kept.stored, snapshot.version)
             return
-        # Served with Redis a moment before it went away, and not refreshed through this process since.
-        remembered = self._kept(key, generations)
         if remembered is not None:
             await self._answer(send, request, remembered, snapshot.version)
             return

@@ -80,9 +80,10 @@ class RawStore:
         except Unavailable:
             return True
 
-    async def available(self) -> bool:
-        """Whether Redis is in use now; once the breaker's cool-down is over, this call probes it."""
-        return await self._link.usable()
+    async def available(self, *, wait: bool = True) -> bool:
+        """Whether Redis is in use now; once the breaker's cool-down is over, this call probes it (without
+        `wait`, in the background: False meanwhile)."""
+        return await self._link.usable(wait=wait)
 
     def local_generations(self, namespaces: Sequence[str]) -> dict[str, int]:
         """This process's own generations of `namespaces` (what `invalidate` bumps while Redis is away)."""

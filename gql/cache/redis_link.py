@@ -158,6 +158,7 @@ class RedisLink:
         # of the shard that holds it, which may still be failing over).
         self._probe_key = probe_key
         self._late: asyncio.Task[Any] | None = None
+        self._background_probe: asyncio.Task[bool] | None = None
 
     async def bump(self, generation_key: str, channel: str, client: Client | None = None) -> tuple[int, int | None]:
         """Run BUMP; then, when refreshes wait for replicas, WAIT on the same connection (WAIT counts the replicas
@@ -256,8 +257,9 @@ class RedisLink:
         task.add_done_callback(_retrieve)
         raise Late
 
-    async def usable(self) -> bool:
-        """Whether to use Redis for this request (probing it when the breaker's cool-down is over)."""
+    async def usable(self, *, wait: bool = True) -> bool:
+        """Whether to use Redis for this request, probing it when the breaker's cool-down is over; without
+        `wait` the probe runs in the background and this request goes on without Redis."""
         if self.disabled:
             return False
         if self.breaker.state is BreakerState.CLOSED:
@@ -265,6 +267,13 @@ class RedisLink:
         if self._probing or not self.breaker.probe_due():
             return False
         self._probing = True
+        if wait:
+            return await self._probe()
+        task = asyncio.ensure_future(self._probe())
+        self._background_probe = task  # kept: a task nothing refers to may be collected before it ends
+        return False
+
+    async def _probe(self) -> bool:
         try:
             await self.reset()
             await self.probe()
