@@ -86,11 +86,12 @@ def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
 
 @dataclass(frozen=True)
 class SharedRedis:
-    """A Redis that servers share, in one of the modes of GQL_REDIS_MODE: its URL, the settings that name the mode,
-    and a client that sees every key (on a cluster, KEYS asks every master)."""
+    """A Redis that servers share, in one of the modes of GQL_REDIS_MODE: its URL and the settings that name the
+    mode, a client that sees every key (on a cluster, KEYS asks every master), and its live nodes."""
 
     mode: str
     url: str
+    env: dict[str, str]
     client: Callable[[], Any]
     nodes: Callable[[], list[RedisServer]]
 
@@ -102,21 +103,23 @@ class SharedRedis:
                 total += client.pubsub_numsub(channel)[0][1]
         return total
 
-    @property
-    def env(self) -> dict[str, str]:
-        return {"GQL_REDIS_MODE": self.mode}
 
-
-@pytest.fixture(params=["standalone", "cluster"])
+@pytest.fixture(params=["standalone", "cluster", "sentinel"])
 def shared_redis(request: pytest.FixtureRequest, redis_server: RedisServer) -> SharedRedis:
-    """The suite's Redis, then the module's Redis Cluster: cache behaviours that must hold in every mode."""
+    """The suite's Redis, the module's Redis Cluster, then its Sentinel group: cache behaviours that hold in every mode."""
     if request.param == "standalone":
-        return SharedRedis("standalone", redis_server.url, redis_server.client, lambda: [redis_server])
-    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-    return SharedRedis(
-        "cluster", cluster.url, lambda: redis.cluster.RedisCluster.from_url(cluster.url),
-        lambda: [node for node in cluster.nodes if node.live],
-    )
+        return SharedRedis("standalone", redis_server.url, {}, redis_server.client, lambda: [redis_server])
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return SharedRedis(
+            "cluster", cluster.url, {"GQL_REDIS_MODE": "cluster"}, lambda: redis.cluster.RedisCluster.from_url(cluster.url),
+            lambda: [node for node in cluster.nodes if node.live],
+        )
+    group: SentinelGroup = request.getfixturevalue("sentinel_group")
+    master = group.node_at(group.master())
+    env = {"GQL_REDIS_MODE": "sentinel", "GQL_REDIS_SENTINELS": group.sentinels, "GQL_REDIS_SENTINEL_SERVICE": group.service}
+    # REDIS_URL gives only scheme and database: the sentinels name the master.
+    return SharedRedis("sentinel", "redis://sentinel-named/0", env, master.client, lambda: [master])
 
 
 @pytest.fixture
