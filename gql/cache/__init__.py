@@ -6,7 +6,9 @@
 | `entries.py` | the entry format, statuses, results, what a computation is |
 | `policy.py` | running computations (timed, counted), lifetimes, size limit, decoding |
 | `breaker.py` | the circuit breaker |
-| `redis_link.py` | bounded clients, scripts, the breaker's probe |
+| `connect.py` | clients for the three modes (standalone, Cluster, Sentinel), bounded alike |
+| `redis_link.py` | bounded clients, scripts, the breaker's probe, soft timeouts |
+| `generations.py` | the generations this process knows of, to put back one a failover lost |
 | `notify.py` | pub/sub waiters |
 | `leases.py` | fleet-wide single flight (Redis leases) |
 | `flights.py` | single flight in this process |
