@@ -8,7 +8,9 @@ import json
 import logging
 import logging.config
 import os
+import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +22,8 @@ from gql.schema.types import CacheTarget
 
 DEFAULT_URL = "http://127.0.0.1:8000/graphql"
 TARGETS = tuple(target.value for target in CacheTarget)
+# prometheus-client's multiprocess directory (gql/metrics.py): `serve` makes one when it runs several workers.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 REFRESH_MUTATION = "mutation($t: [CacheTarget!]) { refreshCache(targets: $t) { refreshed { target durationMs } } }"
 
 
@@ -109,9 +113,42 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     # Workers are separate processes: they rebuild the settings from the same environment.
     os.environ.update({"GQL_HOST": host, "GQL_PORT": str(port), "GQL_WORKERS": str(workers)})
-    # A WebSocket message (a subscribe, gql/subscriptions.py) is bounded like a request body (uvicorn's own: 16 MiB).
-    uvicorn.run("gql.app:app", host=host, port=port, workers=workers, log_config=config, ws_max_size=settings.max_body_bytes)
+    try:
+        own_metrics_dir = _metrics_directory(workers)
+    except OSError as exc:
+        print(f"error: no directory for the metrics of the workers ({MULTIPROC_DIR}): {exc}", file=sys.stderr)
+        return 2
+    try:
+        # A WebSocket message (a subscribe, gql/subscriptions.py) is bounded like a request body (uvicorn's own: 16 MiB).
+        uvicorn.run("gql.app:app", host=host, port=port, workers=workers, log_config=config, ws_max_size=settings.max_body_bytes)
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
     return 0
+
+
+def _metrics_directory(workers: int) -> str | None:
+    """Set up prometheus-client's multiprocess mode, so that one scrape of /metrics counts every worker (each one
+    keeps its values in files of PROMETHEUS_MULTIPROC_DIR; gql/metrics.py adds them up). With one worker there
+    is nothing to add up: the ordinary registry, unless PROMETHEUS_MULTIPROC_DIR is set.
+
+    A directory the user names is emptied of what an earlier run left; otherwise, with several workers, a
+    private one is made, and returned to be removed when the server stops. Set before any worker imports
+    prometheus-client (this process has not: the app is imported by uvicorn)."""
+    named = os.environ.get(MULTIPROC_DIR)
+    if named:
+        directory = Path(named)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Counters of processes that are gone are added to every scrape: those of a previous run must not be.
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    os.environ.pop(MULTIPROC_DIR, None)  # set but empty: prometheus-client would write into the working directory
+    if workers <= 1:
+        return None
+    own = tempfile.mkdtemp(prefix="gql-metrics-")
+    os.environ[MULTIPROC_DIR] = own
+    return own
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,10 +1,19 @@
-"""Prometheus metrics of this process (each uvicorn worker has its own; see README, "Metrics")."""
+"""Prometheus metrics: of this process, or of all the server's processes in multiprocess mode (README, "Metrics")."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+# prometheus-client's multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set when it is imported, every process
+# (each uvicorn worker of `serve --workers N`, which sets it) keeps its values in files there, and one scrape
+# adds them up. Unset (one process, the tests' apps): the ordinary in-memory registry.
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 CACHE_LOOKUPS = Counter(
     "gql_cache_lookups_total",
@@ -31,16 +40,24 @@ LEASES = Counter(
     "Misses that took a computation's Redis lease (acquired) or waited for another process's computation (waited)",
     ["field", "outcome"],
 )
-REDIS_UP = Gauge("gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache")
-BREAKER_STATE = Gauge("gql_cache_breaker_state", "Circuit breaker on Redis: 0 closed (in use), 1 open (skipped), 2 half-open (probing)")
+# Each process has its own breaker: across processes a sum would mean nothing, so there is one sample per
+# live process (a `pid` label, in multiprocess mode), gone when the process is.
+REDIS_UP = Gauge(
+    "gql_cache_redis_up", "1 while Redis is in use, 0 while degraded to the in-process cache", multiprocess_mode="liveall"
+)
+BREAKER_STATE = Gauge(
+    "gql_cache_breaker_state", "Circuit breaker on Redis: 0 closed (in use), 1 open (skipped), 2 half-open (probing)",
+    multiprocess_mode="liveall",
+)
 UNREPLICATED_REFRESHES = Counter(
     "gql_cache_unreplicated_refreshes_total",
     "Refreshes whose new generation fewer replicas than GQL_REDIS_REFRESH_REPLICAS acknowledged in time",
 )
 BREAKER_OPENED = Counter("gql_cache_breaker_opened_total", "Times the circuit breaker on Redis opened")
 # GraphQL over WebSocket (gql/subscriptions.py): only server processes have sockets.
-WS_CONNECTIONS = Gauge("gql_ws_connections", "Open GraphQL WebSocket connections")
-SUBSCRIPTIONS = Gauge("gql_subscriptions", "dataChanged subscriptions listening for new data versions")
+# Counts: summed over the live processes (a dead one's sockets are closed).
+WS_CONNECTIONS = Gauge("gql_ws_connections", "Open GraphQL WebSocket connections", multiprocess_mode="livesum")
+SUBSCRIPTIONS = Gauge("gql_subscriptions", "dataChanged subscriptions listening for new data versions", multiprocess_mode="livesum")
 WS_REFUSED = Counter(
     "gql_ws_refused_total",
     "WebSocket limits applied: connections closed (connections: per client address; idle: no subscription) and "
@@ -49,8 +66,38 @@ WS_REFUSED = Counter(
 )
 
 
+def exposition() -> bytes:
+    """What /metrics serves: this process's metrics, or in multiprocess mode those of every process of the server
+    (counters and histograms added up, including those of processes that have ended; gauges as declared above)."""
+    if MULTIPROCESS_DIR is None:
+        return generate_latest()
+    _forget_ended_processes(MULTIPROCESS_DIR)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, MULTIPROCESS_DIR)
+    return generate_latest(registry)
+
+
+def _forget_ended_processes(directory: str) -> None:
+    """Remove the live gauges of processes that are gone (a worker killed, restarted by uvicorn as another pid)."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = os.path.basename(path)[: -len(".db")].rpartition("_")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            # Another process may be removing the same files at the same time.
+            with contextlib.suppress(FileNotFoundError):
+                mark_process_dead(int(pid), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process exists
+    except (ProcessLookupError, PermissionError):  # gone, or its pid reused by another user's process
+        return False
+    return True
+
+
 # In a query worker process (gql/workers.py) metrics are recorded as events and sent back with the
-# answer, so that the server's /metrics counts the work of its workers too.
+# answer, so that the server's /metrics counts the work of its workers too (in multiprocess mode, the
+# server process counts them into its own files).
 _events: list[tuple] | None = None
 
 
@@ -58,6 +105,12 @@ def capture() -> None:
     """From now on record events instead of counting them (in a query worker process)."""
     global _events
     _events = []
+    if MULTIPROCESS_DIR is not None:
+        # A query worker's gauges are not reported (its breaker: see docs/operations.md), but prometheus-client
+        # made their file when this module was imported: withdraw it, as for a process that has ended. (While it
+        # was starting, a scrape showed a 0 for it: query workers start before their server is ready, so only
+        # a replacement for one that died can be seen that way.)
+        mark_process_dead(os.getpid(), MULTIPROCESS_DIR)
 
 
 def take() -> list[tuple]:

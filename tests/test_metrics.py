@@ -2,21 +2,28 @@
 query worker process records instead of counting, which the server counts when they come back.
 
 The registry is the process's own and lives as long as the test run, so tests compare before and after.
+A server with several uvicorn workers (`serve --workers 2`) is run as a user runs it: then one scrape adds
+up every process (prometheus-client's multiprocess mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import httpx2
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from tests.support.http import YIELD, gql, statuses
-from tests.support.servers import ROOT
+from tests.support.servers import ROOT, ServerProcess
 from tests.support.waiting import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -51,8 +58,8 @@ def test_every_metric_is_declared_with_its_type(client):
         "gql_cache_lookups": "counter", "gql_computations": "counter", "gql_computation_seconds": "histogram",
         "gql_cache_oversize": "counter", "gql_response_cache": "counter", "gql_computation_failures": "counter",
         "gql_cache_leases": "counter", "gql_cache_redis_up": "gauge", "gql_cache_breaker_state": "gauge",
-        "gql_cache_breaker_opened": "counter", "gql_ws_connections": "gauge", "gql_subscriptions": "gauge",
-        "gql_ws_refused": "counter",
+        "gql_cache_breaker_opened": "counter", "gql_cache_unreplicated_refreshes": "counter",
+        "gql_ws_connections": "gauge", "gql_subscriptions": "gauge", "gql_ws_refused": "counter",
     }
 
 
@@ -172,3 +179,94 @@ def test_metrics_endpoint(client):
     for name in ("gql_cache_lookups_total", "gql_computations_total", "gql_computation_seconds_bucket", "gql_cache_redis_up"):
         assert name in text
     assert re.search(r'gql_cache_lookups_total\{field="yieldThisYear",outcome="hit"\} [1-9]', text)
+
+
+# --- several uvicorn workers: one scrape counts them all ------------------------------------------
+
+
+def scrape_server(base: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """A server's /metrics: each counter's total over all its samples, and each gauge's value by `pid` label."""
+    response = httpx2.get(f"{base}/metrics", timeout=30)
+    assert response.status_code == 200
+    totals: dict[str, float] = {}
+    by_pid: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if family.type == "gauge":
+                by_pid.setdefault(sample.name, {})[sample.labels.get("pid", "")] = sample.value
+            else:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals, by_pid
+
+
+def multiprocess_directory(pid: int) -> Path:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    [value] = [v.partition(b"=")[2] for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return Path(value.decode())
+
+
+EARLIER_RUN = """
+from gql import metrics
+for _ in range(1000):
+    metrics.lookup("yieldThisYear", "hit")
+"""
+
+
+@pytest.mark.parametrize("directory_of", ["the server", "the user"])
+def test_with_two_workers_every_scrape_counts_the_whole_server(redis_server, tmp_path, directory_of):
+    """`serve --workers 2`: whichever worker answers a scrape, the counters are the sum over both workers and their
+    query worker processes, and the breaker is reported once per live worker, even after one was killed.
+
+    The multiprocess directory is the server's own (made and removed by `serve`), or one the user names with
+    PROMETHEUS_MULTIPROC_DIR, which holds the files of an earlier run: emptied at the start, left at the end."""
+    env = {"GQL_WORKERS": "2", "GQL_QUERY_PROCESSES": "1", "GQL_LOG_LEVEL": "info"}
+    named = tmp_path / "metrics" if directory_of == "the user" else None
+    if named is not None:
+        named.mkdir()
+        earlier = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(named)}
+        subprocess.run([sys.executable, "-c", EARLIER_RUN], cwd=ROOT, env=earlier, timeout=60, check=True)
+        assert list(named.glob("counter_*.db"))
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(named)
+    server = ServerProcess(redis_server.url, env)
+
+    def started(count: int) -> bool:  # /readyz answers once one worker is ready; each says when its startup is over
+        return server.output().count("serving 10 indexes from") >= count
+
+    try:
+        server.wait_ready(time.monotonic() + 60)
+        wait_until(lambda: started(2), "both workers started", timeout=60)
+        workers = server.workers()
+        assert len(workers) == 2
+        directory = multiprocess_directory(min(workers))
+        assert directory.is_dir() and (directory == named if named else directory.name.startswith("gql-metrics-"))
+        sent = 0
+        for day in range(30):  # 10 variants, 3 requests each: misses (in the query workers) and stored answers
+            response = httpx2.post(f"{server.base}/graphql", timeout=60,
+                                   json={"query": HSI_YIELD, "variables": {"asOf": f"2021-04-{day % 10 + 10}"}})
+            assert response.status_code == 200 and "errors" not in response.json()
+            sent += 1
+
+        def whole(expected_workers: set[int]) -> None:
+            totals, gauges = scrape_server(server.base)
+            assert totals["gql_cache_lookups_total"] == sent
+            assert totals["gql_response_cache_total"] <= sent
+            assert gauges["gql_cache_breaker_state"] == {str(pid): 0.0 for pid in expected_workers}
+            assert gauges["gql_cache_redis_up"] == {str(pid): 1.0 for pid in expected_workers}
+            assert gauges["gql_ws_connections"] == {"": 0.0} and gauges["gql_subscriptions"] == {"": 0.0}
+
+        for _ in range(5):
+            whole(workers)
+
+        # A worker killed: uvicorn starts another. Its counts stay in the sum, its gauges go.
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: started(3) and len(server.workers()) == 2, "a new worker started", timeout=60)
+        workers = server.workers()
+        assert killed not in workers
+        for _ in range(5):
+            whole(workers)
+    finally:
+        server.terminate()
+        server.reap()
+    # The server's own is removed when it stops; the user's is left.
+    assert directory.exists() == (named is not None)

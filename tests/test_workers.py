@@ -6,13 +6,13 @@ import logging
 import os
 import re
 import signal
-from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from gql.config import Settings
 from tests.support.http import CHART, YIELD, statuses
+from tests.support.servers import spawned_children
 
 QUERIES = [
     (CHART, {"codes": ["HSI", "000300"], "f": "WEEKLY", "start": "2019-06-01"}),
@@ -66,21 +66,8 @@ def test_worker_metrics_reach_the_server(pooled):
 
 
 def worker_processes() -> set[int]:
-    """Live query worker processes of this test process's apps: its children that multiprocessing
-    spawned (found in /proc, as `ps` would; the resource tracker and redis-server are not spawn_main)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:  # ended meanwhile
-            continue
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if int(ppid) == os.getpid() and state not in ("Z", "X") and b"spawn_main" in cmdline:
-            found.add(int(entry.name))
-    return found
+    """Live query worker processes of this test process's apps (the resource tracker and redis-server are not spawn_main)."""
+    return spawned_children(os.getpid())
 
 
 def computed_in_this_process(client: TestClient) -> int:

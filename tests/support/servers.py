@@ -101,15 +101,15 @@ class ServerProcess:
     """`python -m gql serve` on a free port, as a user runs it, in its own process group (so that
     teardown, or `kill`, reaches its query worker processes too).
 
-    The environment is this one without GQL_* variables (a developer's must not change what tests
-    see), plus REDIS_URL, a private cache prefix, and `env`. Output goes to `log` (a temporary file
+    The environment is this one without GQL_* variables and PROMETHEUS_MULTIPROC_DIR (a developer's must
+    not change what tests see), plus REDIS_URL, a private cache prefix, and `env`. Output goes to `log` (a temporary file
     when not given), shown when the server does not start.
     """
 
     def __init__(self, redis_url: str, env: dict[str, str], args: tuple[str, ...] = (), log: Path | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k != "REDIS_URL"}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("GQL_") and k not in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")}
         environ |= {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"srv-{uuid.uuid4().hex[:8]}", "GQL_LOG_LEVEL": "warning", **env}
         self.prefix = environ["GQL_CACHE_PREFIX"]
         self._own_log = log is None
@@ -156,6 +156,28 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def workers(self) -> set[int]:
+        """The live uvicorn worker processes of a `--workers N` server: its children that multiprocessing spawned
+        (found in /proc, as `ps` would; its resource tracker is not spawn_main, query workers are grandchildren)."""
+        return spawned_children(self.process.pid)
+
+
+def spawned_children(parent: int) -> set[int]:
+    """Live processes that `parent` started with multiprocessing's spawn (ended ones not yet reaped excluded)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == parent and state not in ("Z", "X") and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
 
 
 @contextlib.contextmanager
