@@ -25,7 +25,7 @@ from tests.support.caches import CacheFactory
 from tests.support.http import ADMIN_TOKEN
 from tests.support.servers import RedisServer
 from tests.support.settings import with_settings
-from tests.support.topologies import RedisCluster, Running, SentinelGroup, Tls
+from tests.support.topologies import RedisCluster, Running, SentinelGroup, Tls, subscribers
 
 R = TypeVar("R", bound=Running)
 
@@ -96,12 +96,7 @@ class SharedRedis:
     nodes: Callable[[], list[RedisServer]]
 
     def subscribers(self, channel: str) -> int:
-        """Subscribers of `channel` over every node (on a cluster each process subscribes at one node)."""
-        total = 0
-        for node in self.nodes():
-            with node.client() as client:
-                total += client.pubsub_numsub(channel)[0][1]
-        return total
+        return subscribers(self.nodes(), channel)
 
 
 @pytest.fixture(params=["standalone", "cluster", "sentinel"])

@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.cluster
 
-from tests.support.topologies import RedisCluster, RedisNode, SentinelGroup, Tls
+from tests.support.topologies import RedisCluster, RedisNode, SentinelGroup, Tls, subscribers
 from tests.test_resilience import (
     FIELD,
     REFRESH,
@@ -94,6 +94,8 @@ def test_killing_the_master_of_the_generations_mid_run_loses_no_answer_and_no_re
         assert_all_answered(*loads)
         with redis.cluster.RedisCluster.from_url(cluster.url) as client:
             assert int(client.get(generation_key(shared))) >= refreshed, "the failover undid the refresh's generation"
+        # Both servers listen on the channel again (one may have been subscribed at the node that died).
+        wait_until(lambda: subscribers([node for node in cluster.nodes if node.live], f"{shared}:filled") >= 2, 10, "both servers to subscribe again")
         for server in fleet:
             assert computed_after(server.base, sent), "an answer from before the refresh came back after the failover"
 
@@ -156,6 +158,7 @@ def test_a_sentinel_failover_answers_every_request_and_hits_resume_on_the_promot
         assert computed_after(server.base, sent)
         with group.node_at(promoted).client() as client:
             assert client.keys(f"{server.prefix}:entry:*"), "nothing cached on the promoted replica"
+        wait_until(lambda: subscribers([group.node_at(promoted)], f"{server.prefix}:filled") >= 1, 10, "the server to subscribe again")
 
 
 # --- TLS in every mode ----------------------------------------------------------------------------------

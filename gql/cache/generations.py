@@ -54,9 +54,11 @@ class KnownGenerations:
 
     async def _put_back(self, namespace: str, found: int, known: int) -> None:
         try:
-            await self._link.call(
+            raised = await self._link.call(
                 self._link.raise_generation, keys=[self._keys.generation(namespace)], args=[self._keys.channel, known],
             )
+            if not raised:
+                return  # a read sent before the generation moved on, answered after: nothing was lost
             self.repaired += 1
             log.warning(
                 "Redis had lost a refresh of %s (generation %d read back as %d: a failover that lost the last writes?); "

@@ -4,6 +4,7 @@ followers of a topic, called for each of its messages (invalidations: gql/cache/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -113,6 +114,8 @@ class Notifications:
             except (RedisError, OSError) as exc:
                 log.debug("cache notifications interrupted: %s", exc)
                 await asyncio.sleep(0.2)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._link.rediscover(self._link.listener)  # its node may be gone for good
             finally:
                 self.listening.clear()
                 try:

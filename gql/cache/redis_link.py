@@ -76,14 +76,12 @@ return generation
 """
 
 # Put back a generation that Redis lost (a failover without the last writes) and a process still knows of:
-# raised to it, never lowered. KEYS: generation; ARGV: channel, the known generation. Returns the generation.
+# raised to it, never lowered. KEYS: generation; ARGV: channel, the known generation. Returns 1 if it was lower.
 RAISE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local known = tonumber(ARGV[2])
-if current >= known then return current end
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[1], KEYS[1] .. '|' .. ARGV[2])
-return known
+return 1
 """
 
 # Keep the lease while the computation runs; 0 when it is no longer ours.
@@ -208,6 +206,12 @@ class RedisLink:
         else:
             found = await self.reader.mget(keys)
         return found
+
+    async def rediscover(self, client: Client) -> None:
+        """On a Cluster, read the slot table again (from any node it knows): after a failover, a client that has not
+        been told MOVED still names the dead master. Raises what the call raises."""
+        if isinstance(client, RedisCluster):
+            await client.nodes_manager.initialize()
 
     async def reset(self) -> None:
         """Drop pooled connections: they may be to a Redis that has since restarted or to a master that is one no

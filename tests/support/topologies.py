@@ -74,6 +74,15 @@ def _pairs(reply: Sequence | dict) -> dict[str, Any]:
     return {str(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
 
 
+def subscribers(nodes: Iterable[RedisServer], channel: str) -> int:
+    """Subscribers of `channel` over `nodes` (on a cluster, each process subscribes at one node of its choice)."""
+    total = 0
+    for node in nodes:
+        with node.client() as client:
+            total += client.pubsub_numsub(channel)[0][1]
+    return total
+
+
 @dataclass(frozen=True)
 class Tls:
     """A self-signed CA and a server certificate for 127.0.0.1 and localhost that it signed (made with openssl)."""
