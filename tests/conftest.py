@@ -87,7 +87,7 @@ def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
 @dataclass(frozen=True)
 class SharedRedis:
     """A Redis that servers share, in one of the modes of GQL_REDIS_MODE: its URL and the settings that name the
-    mode, a client that sees every key (on a cluster, KEYS asks every master), and its live nodes."""
+    mode, a client, and its live nodes."""
 
     mode: str
     url: str
@@ -97,6 +97,13 @@ class SharedRedis:
 
     def subscribers(self, channel: str) -> int:
         return subscribers(self.nodes(), channel)
+
+    def keys(self, pattern: str) -> list[Any]:
+        """KEYS over the whole keyspace (a cluster client asks one node unless told to ask every master)."""
+        with self.client() as client:
+            if isinstance(client, redis.cluster.RedisCluster):
+                return client.keys(pattern, target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+            return client.keys(pattern)
 
 
 @pytest.fixture(params=["standalone", "cluster", "sentinel"])

@@ -156,7 +156,7 @@ def test_a_cold_stampede_on_four_servers_computes_each_key_once(shared_redis, tm
         # it was answered from an empty cache).
         assert computations(fleet) == 2
         assert sum(metric(s.base, "gql_cache_leases_total", field=FIELD, outcome="acquired") for s in fleet) == 2
-        assert len(shared_redis.client().keys(f"{shared}:entry:{{{FIELD}:*")) == 2
+        assert len(shared_redis.keys(f"{shared}:entry:{{{FIELD}:*")) == 2
 
 
 def test_a_computation_slower_than_its_lease_runs_once(shared_redis, tmp_path):
@@ -177,7 +177,6 @@ def test_a_computation_slower_than_its_lease_runs_once(shared_redis, tmp_path):
 
 def test_when_the_lease_holder_is_killed_another_server_takes_over(shared_redis, tmp_path):
     shared = prefix("killed")
-    client = shared_redis.client()
     with servers(shared_redis.url, tmp_path, 2, **shared_redis.env, GQL_CACHE_PREFIX=shared, GQL_CACHE_LEASE_SECONDS="1",
                  GQL_FAULT_COMPUTE_DELAY="2.0") as (a, b):
         outcome: dict[str, Any] = {}
@@ -192,7 +191,7 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(shared_redis,
 
         to_a = threading.Thread(target=ask, args=("a", a))
         to_a.start()
-        wait_until(lambda: client.keys(f"{shared}:lease:compute:*"), 10, "A to take the lease")
+        wait_until(lambda: shared_redis.keys(f"{shared}:lease:compute:*"), 10, "A to take the lease")
         to_b = threading.Thread(target=ask, args=("b", b))
         to_b.start()
         # B (its query worker) waits for the holder: it listens on the "filled" channel too.
@@ -215,8 +214,8 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over(shared_redis,
         assert metric(b.base, "gql_computations_total", field=FIELD) == 1
         assert metric(b.base, "gql_cache_leases_total", field=FIELD, outcome="waited") == 1
         assert metric(b.base, "gql_cache_leases_total", field=FIELD, outcome="acquired") == 1
-        assert len(client.keys(f"{shared}:entry:{{{FIELD}:*")) == 1
-        assert client.keys(f"{shared}:lease:compute:*") == []
+        assert len(shared_redis.keys(f"{shared}:entry:{{{FIELD}:*")) == 1
+        assert shared_redis.keys(f"{shared}:lease:compute:*") == []
 
 
 # --- stale-while-revalidate and fail-safe -------------------------------------------------------------
@@ -310,14 +309,13 @@ def test_fail_safe_serves_the_last_good_value_and_throttles_retries(shared_redis
 def test_a_failed_computation_with_nothing_to_stand_in_is_an_error_and_stores_nothing(shared_redis, tmp_path):
     fail = tmp_path / "fail"
     fail.touch()
-    client = shared_redis.client()
     with servers(shared_redis.url, tmp_path, 1, **shared_redis.env, GQL_FAULT_COMPUTE_FAIL_FILE=str(fail)) as (server,):
         for _ in range(2):  # the failure is not cached: each request tries (and fails) again
             body = post(server.base, YIELD)  # HTTP 200
             assert body.get("data") is None, body
             assert [e["extensions"]["code"] for e in body["errors"]] == ["COMPUTATION_FAILED"], body
-            assert client.keys(f"{server.prefix}:entry:*") == []
-            assert client.keys(f"{server.prefix}:response:*") == []
+            assert shared_redis.keys(f"{server.prefix}:entry:*") == []
+            assert shared_redis.keys(f"{server.prefix}:response:*") == []
         assert computations([server]) == 2
         assert metric(server.base, "gql_computation_failures_total", field=FIELD) == 2
         assert metric(server.base, "gql_cache_lookups_total", field=FIELD, outcome="error") == 2
@@ -325,7 +323,7 @@ def test_a_failed_computation_with_nothing_to_stand_in_is_an_error_and_stores_no
         fail.unlink()  # nothing stood in, so nothing throttles the next try
         healed = post(server.base, YIELD)
         assert not healed.get("errors") and statuses(healed) == ["MISS"] and len(healed["data"][FIELD]) == 10
-        assert len(client.keys(f"{server.prefix}:entry:*")) == 1
+        assert len(shared_redis.keys(f"{server.prefix}:entry:*")) == 1
 
 
 # --- Redis faults -----------------------------------------------------------------------------------
