@@ -385,7 +385,9 @@ def failover_section(results: list[FailoverResult], opts: argparse.Namespace) ->
             notes.append("errors: " + "; ".join(f"{n} × `{k}`" for k, n in kinds.most_common(5)))
         refresh_kinds = Counter(x.error for x in r.refreshes if x.error)
         if refresh_kinds:
-            notes.append("failed refreshes: " + "; ".join(f"{n} × `{k}`" for k, n in refresh_kinds.most_common(5)))
+            sent = ", ".join(f"{x.sent - r.kill_at:+.2f} s" for x in r.refreshes if x.error)
+            notes.append("failed refreshes: " + "; ".join(f"{n} × `{k}`" for k, n in refresh_kinds.most_common(5))
+                         + f" (sent at {sent} from the kill)")
         if r.lost:
             worst = max(r.lost, key=lambda x: x.before_refresh)
             first = min(r.lost, key=lambda x: x.answer.sent)
@@ -410,14 +412,33 @@ def _lost_windows(result: FailoverResult) -> list[tuple[Refresh, int, list[Lost]
     return [(group[0].refresh, server, group) for (_, server), group in sorted(groups.items())]
 
 
-def logs_section(logs: dict[str, list[str]], per_server: int = 6) -> list[str]:
+_ROUTINE = "gql.schema: cache refreshed:"  # every refreshCache is logged at warning: counted, not shown
+
+
+def logs_section(logs: dict[str, list[str]], per_server: int = 8, trace_lines: int = 30) -> list[str]:
+    """What the servers logged besides the routine refresh lines: the first few per server, and every ERROR line
+    with the traceback that follows it (up to `trace_lines` lines each)."""
     noisy = {name: lines for name, lines in logs.items() if lines}
     if not noisy:
         return ["## Server logs (fleet)", "", "No server logged anything at warning level or above.", ""]
-    lines = ["## Server logs (fleet)", "", ("What the servers logged (warning and above; a refreshCache is logged at "
-             "warning), first lines per server; a server's query worker process logs to the same file:"), "", "```"]
+    lines = ["## Server logs (fleet)", "", ("What the servers logged (warning and above), per server: how many lines, how "
+             "many of them the routine \"cache refreshed\" line of each refreshCache; the first other warnings; and "
+             "each ERROR line with its traceback. A server's query worker process logs to the same file."), "", "```"]
     for name, logged in noisy.items():
-        lines += [f"{name}: {len(logged)} lines"] + [f"  {line[:240]}" for line in logged[:per_server]]
+        routine = sum(1 for line in logged if _ROUTINE in line)
+        other = [line for line in logged if _ROUTINE not in line and line[:4].isdigit() and " ERROR " not in line[:40]]
+        lines.append(f"{name}: {len(logged)} lines, {routine} of them \"cache refreshed\"")
+        lines += [f"  {line[:240]}" for line in other[:per_server]]
+        if len(other) > per_server:
+            lines.append(f"  ... {len(other) - per_server} more")
+        for i, line in enumerate(logged):
+            if " ERROR " in line[:40]:
+                following = []
+                for more in logged[i + 1:i + 1 + trace_lines]:
+                    if more[:4].isdigit():
+                        break
+                    following.append(more)
+                lines += [f"  {line[:240]}"] + [f"    {more[:240]}" for more in following]
     return lines + ["```", ""]
 
 
