@@ -28,8 +28,8 @@ GQL_LOG_LEVEL=warning) under a GQL_CACHE_PREFIX of its own.
    own connection), each client attributed to the process holding its socket (/proc: the server process and its
    query worker process), and PUBSUB NUMSUB of `<prefix>:filled` on every data node.
 
-    python -m bench.fleet             # full: about 5 minutes; writes bench/results/fleet.md
-    python -m bench.fleet --quick     # smoke run: 3 s x 1 round, shorter failover phases; about 1.5 minutes
+    python -m bench.fleet             # full: about 4.5 minutes; writes bench/results/fleet.md
+    python -m bench.fleet --quick     # smoke run: 3 s x 1 round, shorter failover phases; about 70 s
 `make bench` runs it too (bench/run.py, `--fleet full|quick|off`) and links the file from benchmark.md.
 The result types, how lost refreshes are worked out, and the Markdown: bench/fleetreport.py.
 """

@@ -190,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the database source (bench/db.py): full (1,000 indexes x 5,040 days, about 4 minutes), quick (100 indexes, "
              "a smoke run) or off (default full)")
     add("--fleet", choices=("full", "quick", "off"), default="full",
-        help="Redis topologies (bench/fleet.py): full (about 5 minutes), quick (a smoke run) or off (default full)")
+        help="Redis topologies (bench/fleet.py): full (about 4.5 minutes), quick (a smoke run, about 70 s) or off (default full)")
     add("--output", type=Path, default=RESULTS / "benchmark.md",
         help="report file (default bench/results/benchmark.md; faults.md, database.md and fleet.md are written next to it)")
     return parser
