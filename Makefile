@@ -33,9 +33,11 @@ schema: $(STAMP)
 	$(PY) -m gql export-schema --output schema.graphql
 
 # Also installs flask, gunicorn (bench/requirements.txt) and wrk. Includes the Redis-fault and stampede runs of
-# bench/faults.py (bench/results/faults.md), the data pickup runs of bench/pickup.py and the database source runs
-# of bench/db.py (bench/results/database.md; needs PostgreSQL and MariaDB on 127.0.0.1, see bench/dbsetup.py);
-# BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5 --db quick" for a quick run.
+# bench/faults.py (bench/results/faults.md), the data pickup runs of bench/pickup.py, the database source runs
+# of bench/db.py (bench/results/database.md; needs PostgreSQL and MariaDB on 127.0.0.1, see bench/dbsetup.py) and
+# the Redis topology runs of bench/fleet.py (bench/results/fleet.md: hits on standalone, Cluster and Sentinel, a
+# master killed under load, connections per server process);
+# BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5 --db quick --fleet quick" for a quick run.
 bench: $(STAMP)
 	sh bench/setup.sh $(PY)
 	$(PY) -m bench.run $(BENCH_ARGS)

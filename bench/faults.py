@@ -59,7 +59,7 @@ FIELD = "yieldThisYear"
 
 # wrk: POST the bodies of the files in $FAULTS_BODIES (';'-separated) in turn; an answer counts as failed when it
 # is not HTTP 200 (wrk's own count) or carries no data or any GraphQL error (counted here).
-_LUA = r"""
+CHECKED_LUA = r"""
 local bodies = {}
 for path in string.gmatch(os.getenv("FAULTS_BODIES"), "[^;]+") do
   local file = assert(io.open(path, "rb"))
@@ -221,7 +221,7 @@ def _log(message: str) -> None:
 def redis_down(workdir: Path, opts: argparse.Namespace, run_id: str) -> list[DownResult]:
     """One series of phases per number of connections, on the same two services and redis-server."""
     lua = workdir / "faults.lua"
-    lua.write_text(_LUA, encoding="utf-8")
+    lua.write_text(CHECKED_LUA, encoding="utf-8")
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(RedisProcess(workdir))
         full_variant = service("faults-full", "service, defaults", store.url, run_id, "HIT")
@@ -245,14 +245,14 @@ def _series(store: RedisProcess, full: Server, resolver: Server, lua: Path, env:
         if connections == 1:
             phase = _sequential(key, name, target, bodies, seconds)
         else:
-            phase = _wrk(key, name, target, lua, env, connections, seconds)
+            phase = checked_wrk(key, name, target, lua, env, connections, seconds)
         result.phases.append(phase)
         _log(f"c{connections} {name:56} {phase.requests:7,} req  p50 {phase.p50_ms:7.2f}  p99 {phase.p99_ms:7.2f}  "
              f"max {phase.max_ms:7.1f} ms  failed {phase.failed}")
         if settle:
             time.sleep(0.3)  # requests wrk left in flight end before the next phase begins
 
-    opened_before = _metrics(full.url).get(("gql_cache_breaker_opened_total", ""), 0.0)
+    opened_before = scrape_metrics(full.url).get(("gql_cache_breaker_opened_total", ""), 0.0)
     for server in (full, resolver):  # both on Redis (an earlier series may have left a breaker open)
         if _until_ok(server.url) is None:
             raise SystemExit(f"{server.variant.key} does not get back to Redis")
@@ -286,7 +286,7 @@ def _series(store: RedisProcess, full: Server, resolver: Server, lua: Path, env:
     _warm(full, bodies, response_hits=True)
     _warmup(url, lua, env, connections, bodies)
     measure("recovered", "Redis back: whole-response cache again (A once more)", url, opts.phase_seconds, settle=True)
-    result.breaker_opened_total = _metrics(full.url).get(("gql_cache_breaker_opened_total", ""), 0.0) - opened_before
+    result.breaker_opened_total = scrape_metrics(full.url).get(("gql_cache_breaker_opened_total", ""), 0.0) - opened_before
     return result
 
 
@@ -304,7 +304,9 @@ def _bodies(workdir: Path, last: dt.date) -> list[Path]:
     return paths
 
 
-def _wrk(key: str, name: str, url: str, lua: Path, env: dict[str, str], connections: int, seconds: float) -> Phase:
+def checked_wrk(key: str, name: str, url: str, lua: Path, env: dict[str, str], connections: int, seconds: float) -> Phase:
+    """One wrk run with `lua` (CHECKED_LUA, written to a file) POSTing the bodies named by env["FAULTS_BODIES"]: a
+    phase whose failures include answers without data or with GraphQL errors (bench/fleet.py uses it too)."""
     binary = shutil.which("wrk")
     if not binary:
         raise SystemExit("wrk is not on PATH (bench/setup.sh installs it)")
@@ -328,7 +330,7 @@ def _warmup(url: str, lua: Path, env: dict[str, str], connections: int, bodies: 
     if connections == 1:
         _sequential("warmup", "", url, bodies, 1)
     else:
-        _wrk("warmup", "", url, lua, env, connections, 1)
+        checked_wrk("warmup", "", url, lua, env, connections, 1)
         time.sleep(0.3)
 
 
@@ -370,12 +372,12 @@ def _warm(server: Server, bodies: list[Path], response_hits: bool, seconds: floa
     deadline = time.monotonic() + seconds
     with httpx2.Client(base_url=server.url, timeout=30) as client:
         for round_no in range(1, 1000):
-            before = _metrics(server.url).get(("gql_response_cache_total", 'outcome="hit"'), 0.0)
+            before = scrape_metrics(server.url).get(("gql_response_cache_total", 'outcome="hit"'), 0.0)
             for payload in payloads:
                 answer = _post(client, payload)
                 if "errors" in answer:
                     raise SystemExit(f"{server.variant.key} answered with errors while warming: {answer['errors']}")
-            hits = _metrics(server.url).get(("gql_response_cache_total", 'outcome="hit"'), 0.0) - before
+            hits = scrape_metrics(server.url).get(("gql_response_cache_total", 'outcome="hit"'), 0.0) - before
             if (hits >= len(payloads) if response_hits else round_no >= 3):
                 return
             if time.monotonic() > deadline:
@@ -422,7 +424,7 @@ def _last_date(url: str) -> dt.date:
 _METRIC = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$")
 
 
-def _metrics(url: str) -> dict[tuple[str, str], float]:
+def scrape_metrics(url: str) -> dict[tuple[str, str], float]:
     """The samples of a server's /metrics by (name, labels as written)."""
     text = httpx2.get(url + "/metrics", timeout=30).text
     samples = {}
@@ -478,7 +480,7 @@ def stampede_runs(workdir: Path, opts: argparse.Namespace, run_id: str) -> list[
 
 
 def _stampede(caching: str, servers: list[Server], dates: list[dt.date], total: int) -> StampedeRun:
-    before = [_metrics(s.url) for s in servers]
+    before = [scrape_metrics(s.url) for s in servers]
     bodies = [json.dumps({"query": SMALL_AT, "variables": {"asOf": d.isoformat()}}).encode() for d in dates]
     # Request i goes to server i mod n, key (i div n) mod k: every key reaches every server.
     plan = [(i % len(servers), (i // len(servers)) % len(bodies)) for i in range(total)]
@@ -486,7 +488,7 @@ def _stampede(caching: str, servers: list[Server], dates: list[dt.date], total: 
     outcomes = asyncio.run(_fire([s.url for s in servers], bodies, plan))
     wall = time.perf_counter() - began
     time.sleep(0.3)  # metrics of work that ended with the last answer
-    after = [_metrics(s.url) for s in servers]
+    after = [scrape_metrics(s.url) for s in servers]
 
     def delta(name: str, label: str = "") -> float:
         return sum(_total(a, name, label) - _total(b, name, label) for a, b in zip(after, before, strict=False))

@@ -13,12 +13,15 @@ data, then measures, in order:
      data version on each process, with file system events and with forced polling;
   8. the database source (bench/db.py, on databases of its own on the machine's PostgreSQL and MariaDB): the cold
      load of 5 million closes against COPY of the same rows, pickups of a commit against read_sql of the table,
-     and from a COMMIT to the first answer of a running server.
-Writes a Markdown report to bench/results/benchmark.md (and bench/results/faults.md and database.md, linked from
-it) and prints it.
+     and from a COMMIT to the first answer of a running server;
+  9. Redis topologies (bench/fleet.py, on a Redis Cluster and a Sentinel group of its own): hit throughput on
+     standalone, Cluster and Sentinel, a master killed under load (errors, refreshes lost, time without Redis),
+     and the connections and subscriptions each server process holds on every node.
+Writes a Markdown report to bench/results/benchmark.md (and bench/results/faults.md, database.md and fleet.md,
+linked from it) and prints it.
 
-    make bench                                                           # defaults: about 11 minutes
-    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5 --db quick"   # quicker
+    make bench                                                           # defaults: about 16 minutes
+    make bench BENCH_ARGS="--duration 2 --rounds 1 --faults quick --pickup-imports 5 --db quick --fleet quick"   # quicker
     .venv/bin/python -m bench.run --help
 """
 
@@ -44,7 +47,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench import db, dbreport, faults, pickup, report
+from bench import db, dbreport, faults, fleet, fleetreport, pickup, report
 from bench.ceiling_app import key_for as ceiling_key
 from bench.flask_app import key_for as flask_key
 from bench.load import sequential, timed_post, wrk
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.db != "off":
             _log(f"database source ({args.db})")
             databases = db.run(db.settings(quick=args.db == "quick"))
+        fleeted = None
+        if args.fleet != "off":
+            _log(f"Redis topologies ({args.fleet})")
+            fleeted = fleet.run(fleet.settings(quick=args.fleet == "quick"))
         _log("timing index_chart in process")
         scaling = cold_scaling(args.scaling_sizes, args.scaling_runs)
         partial = partial_hits(max(args.scaling_runs, 5))
@@ -137,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     if databases is not None:
         database_file.write_text(dbreport.render(databases, command.strip()), encoding="utf-8")
         _log(f"wrote {database_file}")
+    fleet_file = args.output.parent / "fleet.md"
+    if fleeted is not None:
+        fleet_file.write_text(fleetreport.render(fleeted, command.strip()), encoding="utf-8")
+        _log(f"wrote {fleet_file}")
     text = report.render(
         [report.throughput_section(cells, settings), report.cold_hit_section(cold_hit),
          report.loaded_section(loaded, args.cold_clients, args.latency_seconds),
@@ -144,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
          faults.summary(faulted, faults_file.name) if faulted is not None else [],
          pickup.section(picked) if picked is not None else [],
          dbreport.summary(databases, database_file.name) if databases is not None else [],
+         fleetreport.summary(fleeted, fleet_file.name) if fleeted is not None else [],
          report.logs_section(server_logs)],
         command.strip(), time.monotonic() - began, (load_before, load_during),
     )
@@ -177,8 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--db", choices=("full", "quick", "off"), default="full",
         help="the database source (bench/db.py): full (1,000 indexes x 5,040 days, about 4 minutes), quick (100 indexes, "
              "a smoke run) or off (default full)")
+    add("--fleet", choices=("full", "quick", "off"), default="full",
+        help="Redis topologies (bench/fleet.py): full (about 4.5 minutes), quick (a smoke run, about 70 s) or off (default full)")
     add("--output", type=Path, default=RESULTS / "benchmark.md",
-        help="report file (default bench/results/benchmark.md; faults.md and database.md are written next to it)")
+        help="report file (default bench/results/benchmark.md; faults.md, database.md and fleet.md are written next to it)")
     return parser
 
 
