@@ -43,6 +43,7 @@ VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 INTERNAL = "INTERNAL_SERVER_ERROR"
 # A computation failed and no earlier result could stand in (docs/caching.md, "Fail-safe").
 COMPUTATION_FAILED = "COMPUTATION_FAILED"
+REDIS_UNAVAILABLE = "REDIS_UNAVAILABLE"
 
 
 # What a message echoes of the client's input is cut to this many characters.

@@ -22,7 +22,7 @@ from gql import analytics
 from gql.cache import CacheResult, CacheState, CacheStatus, ComputationError, ResultCache
 from gql.config import Settings
 from gql.data import PriceStore
-from gql.errors import COMPUTATION_FAILED, ApiError, UserInputError
+from gql.errors import COMPUTATION_FAILED, REDIS_UNAVAILABLE, ApiError, UserInputError
 from gql.feed import DATA_EPOCH, DataChange, DataFeed
 from gql.logs import request_id
 from gql.schedule import parse_time_of_day, seconds_until_publication
@@ -170,8 +170,9 @@ class Service:
         answer. With `invalidate=False` it only computes the default variants that are not cached yet (warming).
         """
         store = await self.data.sync()
+        reached = True
         if invalidate:
-            await self.cache.invalidate(DATA_EPOCH)
+            reached = await self.cache.invalidate(DATA_EPOCH)
         done = []
         for target in targets:
             began = time.perf_counter()
@@ -189,7 +190,16 @@ class Service:
                     f"STALE, until a computation succeeds (request id {request_id.get()})",
                     code=COMPUTATION_FAILED,
                 )
+            reached = reached and result.reached_fleet
             done.append(RefreshedTarget(target, (time.perf_counter() - began) * 1000.0, result.coalesced))
+        if not reached:
+            # Done here, but the other processes keep answering what they cached before: the caller must know.
+            raise ApiError(
+                "the refresh reached only the server process that received it: Redis is unreachable from it (see "
+                "/healthz), so the other processes keep their cached values until it is back, when this one applies "
+                "the refresh there first. Send it again once /healthz says the cache is ok",
+                code=REDIS_UNAVAILABLE,
+            )
         return Refreshed(store, done)
 
 

@@ -192,6 +192,34 @@ async def test_redis_stopped_then_back(own_redis, make_cache):
     assert own_redis.client().keys(f"{cache.keys.prefix}:entry:*")
 
 
+async def test_a_refresh_made_while_the_reconnect_applies_earlier_ones_is_applied_too(own_redis, make_cache):
+    """Invalidations made while Redis was away are applied when it answers again; one that arrives while they are
+    being applied (Redis not in use yet, so it is queued) must be applied as well, not dropped with the queue."""
+    clock = ManualClock()
+    cache = make_cache(own_redis.url, clock=clock, redis_breaker_failures=1)
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
+    own_redis.stop()
+    await cache.get_or_compute("ns", PARTS, 60, Counted())  # the breaker opens
+    assert not await cache.invalidate("ns")  # queued: Redis cannot be told
+    own_redis.start()
+    bumped: list[int] = []
+    original = cache.link.bump
+
+    async def bump_during_which_a_refresh_arrives(key: str, channel: str, client=None):
+        generation = await original(key, channel, client)
+        bumped.append(generation[0])
+        if len(bumped) == 1:
+            assert not await cache.invalidate("ns")  # the reconnect is under way: queued again
+        return generation
+
+    cache.link.bump = bump_during_which_a_refresh_arrives  # type: ignore[method-assign]
+    clock.advance(0.15)  # past the breaker's cool-down: the next lookup probes and reconnects
+    await cache.get_or_compute("ns", PARTS, 60, Counted())
+    assert cache.state is CacheState.OK
+    assert len(bumped) == 2 and bumped[0] < bumped[1]
+    assert int(own_redis.client().get(cache.keys.generation("ns"))) == bumped[1]
+
+
 async def test_frozen_redis_opens_the_breaker_after_consecutive_failures(own_redis, make_cache):
     cache = make_cache(own_redis.url, redis_timeout=0.1, redis_retry_seconds=30, redis_breaker_failures=3)
     compute = Counted()

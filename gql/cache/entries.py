@@ -41,6 +41,7 @@ class CacheResult:
     ttl_seconds: float  # remaining fresh lifetime (0 when stale)
     error: str | None = None  # why a stale value was served instead of a new one (fail-safe)
     coalesced: bool = False  # a refresh that joined one already under way
+    reached_fleet: bool = True  # a refresh whose invalidation reached Redis (False: this process alone knows of it)
 
 
 class ComputationError(Exception):

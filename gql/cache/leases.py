@@ -12,15 +12,13 @@ import enum
 import logging
 import uuid
 
-from redis.exceptions import RedisError
-
 from gql import metrics
 from gql.cache.breaker import BreakerState
 from gql.cache.entries import CacheEntry, Computation, ComputationError, Fresh, describe
 from gql.cache.keys import Keys
 from gql.cache.notify import Notifications
 from gql.cache.policy import EntryPolicy
-from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
+from gql.cache.redis_link import REDIS_FAILURES, RedisLink, Unavailable, milliseconds
 from gql.config import Settings
 
 log = logging.getLogger("gql.cache")
@@ -193,7 +191,7 @@ class Leases:
                 keys=[key.name, lease, self._keys.failure(key)],
                 args=[entry.generation, encoded, milliseconds(self._policy.keep_seconds(entry.fresh)), token, self._keys.channel, key.name],
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             # Off the request path and maybe megabytes: a slow write is not a reason to stop using Redis.
             log.info("storing cache entry %s failed (%s); served, not stored", key.name, exc.__class__.__name__)
 

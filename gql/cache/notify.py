@@ -8,9 +8,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
-from gql.cache.redis_link import RedisLink
+from gql.cache.redis_link import REDIS_FAILURES, RedisLink
 
 log = logging.getLogger("gql.cache")
 
@@ -111,14 +109,14 @@ class Notifications:
                                 waiter.set_result(outcome)
                         if topic in self._followers:
                             self._run_followers(topic, outcome)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.debug("cache notifications interrupted: %s", exc)
                 await asyncio.sleep(0.2)
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*REDIS_FAILURES):
                     await self._link.rediscover(self._link.listener)  # its node may be gone for good
             finally:
                 self.listening.clear()
                 try:
                     await pubsub.aclose()
-                except (RedisError, OSError):
+                except REDIS_FAILURES:
                     pass

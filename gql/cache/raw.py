@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from redis.exceptions import RedisError
-
 from gql.cache.generations import KnownGenerations
 from gql.cache.keys import Keys
 from gql.cache.local import LocalCache
-from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
+from gql.cache.redis_link import REDIS_FAILURES, RedisLink, Unavailable, milliseconds
 
 log = logging.getLogger("gql.cache")
 
@@ -66,7 +64,7 @@ class RawStore:
             )
             if stored and bodies:
                 await self._link.store_all_if_current(keys=list(bodies), args=[0, milliseconds(ttl), *bodies.values()])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.info("writing to Redis failed (%s); not stored", exc.__class__.__name__)
             return False
         return bool(stored)

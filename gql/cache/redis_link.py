@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gql import metrics
 from gql.cache.breaker import BreakerState, CircuitBreaker
-from gql.cache.connect import Client, make_client
+from gql.cache.connect import Client, make_clients
 from gql.clock import SYSTEM_CLOCK, Clock
 from gql.config import RedisMode, Settings, without_password
 
@@ -95,6 +95,11 @@ return 0
 _request_redis_failed: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("request_redis_failed", default=None)
 
 
+# What a Redis call may raise when Redis cannot serve it. A cluster client's own failures (no node reachable to
+# read the slot table from, say) are RedisClusterException, which is not a RedisError.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+
 class Unavailable(Exception):
     """Redis cannot be used for this call (breaker open, or the call failed)."""
 
@@ -137,9 +142,10 @@ class RedisLink:
         self.disabled = not settings.cache_enabled
         # redis-py retries with backoff by default (5 s timeouts, 10 retries in redis-py 8): a slow
         # Redis must cost one short bound, never seconds (gql/cache/connect.py).
-        self.reader = make_client(topology, self.timeout)
-        self.writer = make_client(topology, self.timeout, read_timeout=max(self.timeout, settings.redis_write_timeout))
-        self.listener = make_client(topology, self.timeout)
+        write_timeout = max(self.timeout, settings.redis_write_timeout)
+        self.reader, self.writer, self.listener = make_clients(
+            topology, [(self.timeout, self.timeout), (self.timeout, write_timeout), (self.timeout, self.timeout)],
+        )
         self.store_all_if_current = self.writer.register_script(STORE_ALL_IF_CURRENT)
         self.store_and_release = self.writer.register_script(STORE_AND_RELEASE)
         self.release = self.reader.register_script(RELEASE)
@@ -160,30 +166,37 @@ class RedisLink:
 
     async def bump(self, generation_key: str, channel: str, client: Client | None = None) -> tuple[int, int | None]:
         """Run BUMP; then, when refreshes wait for replicas, WAIT on the same connection (WAIT counts the replicas
-        that hold that connection's writes). Returns the new generation and how many replicas acknowledged it
-        (None: not asked).
+        that hold that connection's writes) for as many of them as are connected (ROLE says, in the same round
+        trip as BUMP: waiting for a replica that is not there only costs the wait). Returns the new generation and
+        how many replicas acknowledged it (None: not asked).
 
         Sent whole (EVAL, not a script's EVALSHA): like a plain INCR, it takes effect when Redis reads it even if
         its answer comes too late for us (a frozen Redis, then thawed), and invalidations are rare."""
         client = client or self.reader
         if not self.refresh_replicas:
             return int(await client.eval(BUMP, 1, generation_key, channel)), None
-        commands = [("EVAL", BUMP, 1, generation_key, channel), ("WAIT", self.refresh_replicas, milliseconds(self.refresh_wait))]
         if isinstance(client, RedisCluster):
             node = client.get_node_from_key(generation_key)
             if node is None:
                 raise RedisError(f"no node serves {generation_key} (the slot table is being refreshed)")
             connection = node.acquire_connection()
             try:
-                generation, acknowledged = await self._send(connection, commands)
+                return await self._bump_and_wait(connection, generation_key, channel)
             finally:
                 node.release(connection)
-        else:
-            connection = await client.connection_pool.get_connection()
-            try:
-                generation, acknowledged = await self._send(connection, commands)
-            finally:
-                await client.connection_pool.release(connection)
+        connection = await client.connection_pool.get_connection()
+        try:
+            return await self._bump_and_wait(connection, generation_key, channel)
+        finally:
+            await client.connection_pool.release(connection)
+
+    async def _bump_and_wait(self, connection: Any, generation_key: str, channel: str) -> tuple[int, int]:
+        generation, role = await self._send(connection, [("EVAL", BUMP, 1, generation_key, channel), ("ROLE",)])
+        connected = len(role[2]) if role and role[0] in (b"master", "master") else 0
+        wanted = min(self.refresh_replicas, connected)
+        if not wanted:
+            return int(generation), 0
+        (acknowledged,) = await self._send(connection, [("WAIT", wanted, milliseconds(self.refresh_wait))])
         return int(generation), int(acknowledged)
 
     async def _send(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -237,7 +250,7 @@ class RedisLink:
             raise Unavailable
         try:
             result = await fn(*args, **kwargs)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             flag = _request_redis_failed.get()
             if flag is not None:
                 flag[0] = True
@@ -282,7 +295,7 @@ class RedisLink:
             await self.reset()
             await self.probe()
             await self._on_reconnect(self.reader)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.debug("Redis still unreachable: %s", exc)
             self.breaker.failed(timed_out=isinstance(exc, RedisTimeoutError))
             return False

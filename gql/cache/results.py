@@ -238,8 +238,8 @@ class ResultCache:
             self._notify.stop_waiting(topic, waiter)
         keeper = asyncio.ensure_future(self._leases.keep(lease, token)) if held else None
         try:
-            await self.invalidate(key.namespace)
-            return await self._get(computation)
+            reached = await self.invalidate(key.namespace)
+            return replace(await self._get(computation), reached_fleet=reached)
         finally:
             if keeper is not None:
                 keeper.cancel()
@@ -261,11 +261,12 @@ class ResultCache:
         finally:
             self._notify.stop_waiting(topic, waiter)
 
-    async def invalidate(self, namespace: str) -> None:
-        """Make every entry of the namespace a miss now, in Redis and in the local cache."""
+    async def invalidate(self, namespace: str) -> bool:
+        """Make every entry of the namespace a miss now, in Redis and in the local cache. False when Redis could not
+        be told: then only this process knows, until Redis answers again (it is told first thing then)."""
         self.local.bump(namespace)
         if self.link.disabled:
-            return
+            return True
         if await self.link.usable():
             try:
                 # Published too: every process following the namespace hears of it (`on_invalidated`).
@@ -278,11 +279,12 @@ class ResultCache:
                         "replicates, processes that saw it put it back (docs/operations.md, \"Failover\")",
                         namespace, replicas, self.link.refresh_replicas, self.link.refresh_wait,
                     )
-                return
+                return True
             except Unavailable:
                 pass
         # Redis holds entries from before this invalidation: bump its generation before using it again.
         self._pending_invalidations.add(namespace)
+        return False
 
     def on_invalidated(self, namespace: str, handler: Callable[[int | None], Awaitable[None]]) -> None:
         """Call `handler(generation)` whenever any process invalidates the namespace, from now on (this
@@ -305,8 +307,15 @@ class ResultCache:
 
     async def _reconnected(self, client: Client) -> None:
         """Redis answers again: apply the invalidations made meanwhile, before anyone reads it."""
-        for namespace in sorted(self._pending_invalidations):
-            await self.link.bump(self.keys.generation(namespace), self.keys.channel, client)
+        while self._pending_invalidations:
+            # Taken out before its bump: a refresh meanwhile (Redis not in use until this ends) puts it back in,
+            # and it is bumped again, never dropped.
+            namespace = min(self._pending_invalidations)
             self._pending_invalidations.discard(namespace)
+            try:
+                await self.link.bump(self.keys.generation(namespace), self.keys.channel, client)
+            except BaseException:
+                self._pending_invalidations.add(namespace)
+                raise
         # Local entries may predate refreshes made through other processes while Redis was away.
         self.local.forget()
