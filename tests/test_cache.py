@@ -212,7 +212,7 @@ async def test_a_refresh_made_while_the_reconnect_applies_earlier_ones_is_applie
             assert not await cache.invalidate("ns")  # the reconnect is under way: queued again
         return generation
 
-    cache.link.bump = bump_during_which_a_refresh_arrives  # type: ignore[method-assign]
+    cache.link.bump = bump_during_which_a_refresh_arrives
     clock.advance(0.15)  # past the breaker's cool-down: the next lookup probes and reconnects
     await cache.get_or_compute("ns", PARTS, 60, Counted())
     assert cache.state is CacheState.OK
