@@ -109,14 +109,17 @@ class Notifications:
                                 waiter.set_result(outcome)
                         if topic in self._followers:
                             self._run_followers(topic, outcome)
-            except REDIS_FAILURES as exc:
-                log.debug("cache notifications interrupted: %s", exc)
+            except Exception as exc:  # noqa: BLE001  # the listener must outlive anything its client raises
+                # Redis failures, and also what a client library raises on its way (redis-py 8.0 and 8.1's cluster
+                # pub/sub, after a failover, raise a KeyError of a slot from a stale table).
+                if isinstance(exc, REDIS_FAILURES):
+                    log.debug("cache notifications interrupted: %s", exc)
+                else:
+                    log.warning("cache notifications interrupted by %r; subscribing again", exc)
                 await asyncio.sleep(0.2)
-                with contextlib.suppress(*REDIS_FAILURES):
+                with contextlib.suppress(Exception):
                     await self._link.rediscover(self._link.listener)  # its node may be gone for good
             finally:
                 self.listening.clear()
-                try:
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
-                except REDIS_FAILURES:
-                    pass
