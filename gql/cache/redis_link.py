@@ -130,7 +130,6 @@ class RedisLink:
         *, probe_key: str = "probe",
     ) -> None:
         topology = settings.redis_topology()
-        self.mode = topology.mode
         self.url = settings.redis_url if topology.mode is not RedisMode.SENTINEL else (
             f"sentinel {topology.service} at {settings.redis_sentinels}"
         )
