@@ -637,8 +637,10 @@ def down_section(series: list[DownResult]) -> list[str]:
         "",
         (f"The frozen Redis's first second: its slowest request took {_ms(slowest)} ms. Timeouts open the breaker only "
         "once they have gone on for 5 x GQL_REDIS_TIMEOUT (0.5 s) with no success, so that a busy event loop does not "
-        "open it on a healthy Redis; until then a request can wait for a few 0.1 s timeouts (the stored-response read, "
-        "the field lookup and its one retry)."),
+        "open it on a healthy Redis. Until then a request with a kept answer (these queries, answered a moment before) "
+        "waits GQL_REDIS_SOFT_TIMEOUT (20 ms) at most and one Redis call at a time finds out whether Redis still hangs; "
+        "a request without one can wait for a few 0.1 s timeouts (the stored-response read, the field lookup and its "
+        "one retry)."),
         "",
     ]
     return lines

@@ -69,6 +69,7 @@ class ResultCache:
         self._refreshes: dict[str, asyncio.Task[CacheResult]] = {}
         # Namespaces invalidated while Redis was away: bumped there before it is used again.
         self._pending_invalidations: set[str] = set()
+        self._unreplicated_warned = False
         # Whole responses and other bytes, for the layers above (gql/responses.py).
         self.raw = RawStore(self.link, self.keys, self.local, self.generations)
 
@@ -272,19 +273,32 @@ class ResultCache:
                 # Published too: every process following the namespace hears of it (`on_invalidated`).
                 generation, replicas = await self.link.call(self.link.bump, self.keys.generation(namespace), self.keys.channel)
                 self.generations.seen(namespace, generation)
-                if replicas is not None and replicas < self.link.refresh_replicas:
-                    metrics.unreplicated_refresh()
-                    log.warning(
-                        "the refresh of %s reached %d of %d replicas within %.2f s: if the master fails before it "
-                        "replicates, processes that saw it put it back (docs/operations.md, \"Failover\")",
-                        namespace, replicas, self.link.refresh_replicas, self.link.refresh_wait,
-                    )
+                if replicas is not None:
+                    self._replicated(namespace, replicas)
                 return True
             except Unavailable:
                 pass
         # Redis holds entries from before this invalidation: bump its generation before using it again.
         self._pending_invalidations.add(namespace)
         return False
+
+    def _replicated(self, namespace: str, replicas: int) -> None:
+        """Count a refresh fewer replicas acknowledged than asked for; warn once until they do again (a master left
+        without a replica after a failover would otherwise log every refresh)."""
+        if replicas >= self.link.refresh_replicas:
+            if self._unreplicated_warned:
+                log.warning("refreshes reach %d replica(s) again", replicas)
+            self._unreplicated_warned = False
+            return
+        metrics.unreplicated_refresh()
+        if not self._unreplicated_warned:
+            self._unreplicated_warned = True
+            log.warning(
+                "the refresh of %s reached %d of %d replicas (within %.2f s, or none was connected): if the master "
+                "fails before it replicates, processes that saw it put it back (docs/caching.md, \"Failover never "
+                "undoes a refresh\"); counted in gql_cache_unreplicated_refreshes_total, not logged again until "
+                "refreshes reach enough replicas", namespace, replicas, self.link.refresh_replicas, self.link.refresh_wait,
+            )
 
     def on_invalidated(self, namespace: str, handler: Callable[[int | None], Awaitable[None]]) -> None:
         """Call `handler(generation)` whenever any process invalidates the namespace, from now on (this
