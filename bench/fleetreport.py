@@ -30,25 +30,13 @@ ROUNDING = 0.001  # ageSeconds is given to the millisecond
 
 
 @dataclass
-class Cell:
+class Cell(report.Rounds):
     """Every round of one setup of part 1."""
 
     mode: str
     path: str
     runs: list[Phase] = field(default_factory=list)
     statuses: set[str] = field(default_factory=set)  # of a request after each run
-
-    @property
-    def rps(self) -> float:
-        return median([r.rps for r in self.runs])
-
-    @property
-    def p50_ms(self) -> float:
-        return median([r.p50_ms for r in self.runs])
-
-    @property
-    def p99_ms(self) -> float:
-        return median([r.p99_ms for r in self.runs])
 
     @property
     def failed(self) -> int:
@@ -217,11 +205,6 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}" if base else "-"
 
 
-def _rps_range(runs: list[Phase]) -> str:
-    rates = [r.rps for r in runs]
-    return f"{min(rates):,.0f}–{max(rates):,.0f}"
-
-
 def _round_ratios(cell: Cell, base: Cell) -> str:
     """The spread of the ratio to the baseline round by round (each pair measured a minute apart at most)."""
     ratios = [a.rps / b.rps for a, b in zip(cell.runs, base.runs, strict=True) if b.rps]
@@ -251,7 +234,7 @@ def hits_section(cells: list[Cell], opts: argparse.Namespace) -> list[str]:
             c = by[mode, path]
             lines.append(
                 f"| {title} | {mode} | {', '.join(sorted(c.statuses))} | {sum(r.requests for r in c.runs):,} | {c.rps:,.0f} "
-                f"| {_rps_range(c.runs)} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.failed} | {_ratio(c.rps, base.rps)} "
+                f"| {c.rps_range} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.failed} | {_ratio(c.rps, base.rps)} "
                 f"| {_round_ratios(c, base)} | {_ratio(c.p99_ms, base.p99_ms)} |"
             )
     return lines + [""]

@@ -12,21 +12,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.load import WrkRun, median, percentile
 from bench.scaling import PartialHitRow, ScalingRow
 
 
-@dataclass(frozen=True)
-class Cell:
-    """Every round of one variant on one payload, and what a warm request looked like."""
+class Rounds:
+    """req/s, p50 and p99 of a measured setup: medians over its rounds (`runs`, each with rps, p50_ms, p99_ms)."""
 
-    variant: str
-    title: str
-    payload: str
-    response_bytes: int
-    cache_status: str  # of a warm request, "-" for the ceiling and Flask (not this service)
-    runs: Sequence[WrkRun]
+    runs: Sequence[Any]
 
     @property
     def rps(self) -> float:
@@ -44,6 +39,18 @@ class Cell:
     @property
     def p99_ms(self) -> float:
         return median([r.p99_ms for r in self.runs])
+
+
+@dataclass(frozen=True)
+class Cell(Rounds):
+    """Every round of one variant on one payload, and what a warm request looked like."""
+
+    variant: str
+    title: str
+    payload: str
+    response_bytes: int
+    cache_status: str  # of a warm request, "-" for the ceiling and Flask (not this service)
+    runs: Sequence[WrkRun]
 
 
 def run_standalone(prog: str, args, argv: list[str] | None, run, resolve, render) -> int:
