@@ -191,12 +191,15 @@ class ResultCache:
         return False, self.local.generation(key.namespace), self.local.entries.get(key.name)
 
     async def _recent_failure(self, computation: Computation, use_redis: bool) -> str | None:
-        if use_redis:
-            try:
-                return await self._leases.recent_failure(computation)
-            except Unavailable:
-                pass
-        return self.local.failure(computation.key.name)
+        """The failure that throttles recomputing: this process's own first (it holds even when marking it in Redis
+        failed, and costs no round trip), then the fleet's mark in Redis."""
+        local = self.local.failure(computation.key.name)
+        if local is not None or not use_redis:
+            return local
+        try:
+            return await self._leases.recent_failure(computation)
+        except Unavailable:
+            return None
 
     # --- refresh ------------------------------------------------------------------------------------
 
