@@ -30,7 +30,6 @@ class KnownGenerations:
         self._background = background
         self._known: dict[str, int] = {}
         self._repairing: set[str] = set()
-        self.repaired = 0  # generations put back (for tests and the log)
 
     def seen(self, namespace: str, generation: int) -> int:
         """The generation to use, given one read from Redis: never lower than one known before."""
@@ -59,7 +58,6 @@ class KnownGenerations:
             )
             if not raised:
                 return  # a read sent before the generation moved on, answered after: nothing was lost
-            self.repaired += 1
             log.warning(
                 "Redis had lost a refresh of %s (generation %d read back as %d: a failover that lost the last writes?); "
                 "put back", namespace, known, found,
