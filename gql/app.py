@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         """What follows loading the data: Redis, warming, the workers, the schedule, following the source."""
         # A refresh made through another process is taken up when Redis tells of it, not on the next request.
         service.follow_refreshes()
+        # Hits answer from this process's view of the generations while it holds its lease (gql/cache/view.py).
+        service.cache.start_view()
         app.state.service = service
         app.state.responses = graphql
         cache = service.cache

@@ -106,6 +106,9 @@ class Settings:
     cache_fail_safe_retry_seconds: float = 30.0
     # Lease on a computation (one computation per key, fleet-wide); extended while it runs.
     cache_lease_seconds: float = 5.0
+    # Lease under which a server process answers hits from its own view of the generations, with no Redis round
+    # trip (gql/cache/view.py); a refresh waits at most this long for a process that stopped (0: read Redis always).
+    view_lease_seconds: float = 2.0
     # TTLs are shortened by a random fraction up to this, so that results written together expire apart.
     cache_ttl_jitter: float = 0.1
     # Recompute hot results shortly before they expire (XFetch's beta; 0: never early).
@@ -180,6 +183,7 @@ class Settings:
             self.cache_fail_safe_seconds, self.cache_fail_safe_retry_seconds, self.cache_lease_seconds, self.cache_ttl_jitter,
             self.cache_early_refresh, self.fault_compute_delay, 0.0 if self.cache_stale_seconds is None else self.cache_stale_seconds,
             self.ws_idle_seconds, self.ws_init_timeout, self.redis_soft_timeout, self.redis_refresh_wait,
+            self.view_lease_seconds,
         )
         checks = [
             (all(math.isfinite(v) for v in seconds), "every GQL_* time, jitter or factor setting must be a finite number"),
@@ -203,6 +207,10 @@ class Settings:
             (self.cache_fail_safe_seconds >= 0, "GQL_CACHE_FAIL_SAFE_SECONDS must be >= 0 (0: no fail-safe)"),
             (self.cache_fail_safe_retry_seconds >= 0, "GQL_CACHE_FAIL_SAFE_RETRY_SECONDS must be >= 0"),
             (self.cache_lease_seconds >= 0.1, "GQL_CACHE_LEASE_SECONDS must be at least 0.1"),
+            (
+                self.view_lease_seconds == 0 or 0.2 <= self.view_lease_seconds <= 60,
+                "GQL_VIEW_LEASE_SECONDS must be 0 (hits read Redis always) or from 0.2 to 60 seconds",
+            ),
             (0 <= self.cache_ttl_jitter < 1, "GQL_CACHE_TTL_JITTER must be a fraction from 0 up to (not including) 1"),
             (self.cache_early_refresh >= 0, "GQL_CACHE_EARLY_REFRESH must be >= 0 (0: never recompute before expiry)"),
             (self.fault_compute_delay >= 0, "GQL_FAULT_COMPUTE_DELAY must be >= 0"),

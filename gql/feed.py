@@ -147,6 +147,11 @@ class DataFeed:
         finally:
             self._listeners.discard(queue)
 
+    @property
+    def epoch(self) -> int | None:
+        """The fleet's data epoch `current` has caught up with (None: not read yet)."""
+        return self._epoch
+
     async def catch_up(self, epoch: int) -> PriceStore:
         """The snapshot to answer from, given the fleet's data epoch as just read from Redis."""
         if epoch != self._epoch:

@@ -54,6 +54,12 @@ UNREPLICATED_REFRESHES = Counter(
     "Refreshes whose new generation fewer replicas than GQL_REDIS_REFRESH_REPLICAS acknowledged in time",
 )
 BREAKER_OPENED = Counter("gql_cache_breaker_opened_total", "Times the circuit breaker on Redis opened")
+# The view under a lease (gql/cache/view.py): hits answered from it, and how long refreshes waited for the fleet.
+VIEW_HITS = Counter("gql_response_view_hits_total", "Of the response cache's hits, those answered with no Redis round trip")
+VIEW_WAITS = Histogram(
+    "gql_view_wait_seconds", "How long an invalidation waited for every server process holding a view lease to apply it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 # GraphQL over WebSocket (gql/subscriptions.py): only server processes have sockets.
 # Counts: summed over the live processes (a dead one's sockets are closed).
 WS_CONNECTIONS = Gauge("gql_ws_connections", "Open GraphQL WebSocket connections", multiprocess_mode="livesum")
@@ -139,6 +145,10 @@ def computation_failed(field: str) -> None:
 
 def lease(field: str, outcome: str) -> None:
     _record(("lease", field, outcome))
+
+
+def view_wait(seconds: float) -> None:
+    VIEW_WAITS.observe(seconds)
 
 
 def unreplicated_refresh() -> None:

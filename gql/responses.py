@@ -131,6 +131,7 @@ class ResponseCacheApp:
         self.service = service
         self.cache = service.cache
         self.raw = service.cache.raw
+        self._view = service.cache.view
         self.workers = workers
         self.enabled = settings.response_cache
         self.max_entry_bytes = settings.cache_max_entry_bytes
@@ -196,6 +197,12 @@ class ResponseCacheApp:
         snapshot = feed.current
         key = response_key(shape, operation.variables, operation.operation_name, snapshot)
         local = self.raw.local_generations(shape.namespaces)
+        if self._view.trusted() and self.cache.state is CacheState.OK:
+            viewed = self._viewed(key, local, feed.epoch)
+            if viewed is not None:
+                metrics.VIEW_HITS.inc()
+                await self._answer(send, request, viewed, snapshot.version)
+                return
         # An answer in hand: Redis gets a soft bound only, and when it is late or fails that answer goes out.
         kept = self._kept(key, local)
         # (available() lets one request probe Redis once the breaker's cool-down is over; one with an answer in
@@ -226,6 +233,20 @@ class ResponseCacheApp:
             await self._answer(send, request, stored, snapshot.version)
             return
         await self._execute(send, request, operation, snapshot, store_as=(key, generations, local))
+
+    def _viewed(self, key: str, local: dict[str, int], epoch: int | None) -> StoredResponse | None:
+        """The answer for `key` that this process's view (trusted: its lease holds) says is current: the data epoch
+        the feed caught up with and the generations it was stored under are the latest the view knows, no refresh
+        was made through this process meanwhile, and it is fresh. (The data version is in the key.)"""
+        remembered = self._memory.get(key)
+        if remembered is None or remembered.local != local or remembered.stored.expires <= self._now():
+            return None
+        known = self._view.known
+        if epoch is None or known(DATA_EPOCH) != epoch:
+            return None
+        if any(known(namespace) != generation for namespace, generation in remembered.generations.items()):
+            return None
+        return remembered.stored
 
     def _kept(self, key: str, local: dict[str, int]) -> StoredResponse | None:
         """The answer this process served for `key` a moment ago, if nothing it knows of has changed it since: no

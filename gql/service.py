@@ -27,7 +27,7 @@ from gql.feed import DATA_EPOCH, DataChange, DataFeed
 from gql.logs import request_id
 from gql.schedule import parse_time_of_day, seconds_until_publication
 from gql.schema.arguments import chart_arguments, yield_arguments
-from gql.schema.types import CHART_NAMESPACE, YIELD_NAMESPACE, CacheTarget
+from gql.schema.types import CACHED_FIELDS, CHART_NAMESPACE, YIELD_NAMESPACE, CacheTarget
 from gql.versions import CODE_VERSION
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Service:
         pool: Executor | None = None,
     ) -> None:
         self.settings = settings
-        self.cache = cache if cache is not None else ResultCache(settings)
+        self.cache = cache if cache is not None else ResultCache(settings, view_namespaces=(DATA_EPOCH, *sorted(CACHED_FIELDS)))
         # None in a query worker process, which gets its snapshots from the server.
         self.feed = feed
         self.pool = pool if pool is not None else ThreadPoolExecutor(

@@ -205,8 +205,8 @@ async def test_a_refresh_made_while_the_reconnect_applies_earlier_ones_is_applie
     bumped: list[int] = []
     original = cache.link.bump
 
-    async def bump_during_which_a_refresh_arrives(key: str, channel: str, client=None):
-        generation = await original(key, channel, client)
+    async def bump_during_which_a_refresh_arrives(*keys):
+        generation = await original(*keys)
         bumped.append(generation[0])
         if len(bumped) == 1:
             assert not await cache.invalidate("ns")  # the reconnect is under way: queued again

@@ -22,11 +22,15 @@ current one. A value of an older generation is a miss, never a hit.
 | `<p>:lease:compute:{<namespace>:<digest>}:<generation>` | the lease of the process computing an entry |
 | `<p>:lease:refresh:{<namespace>:<digest>}` | the lease of the process refreshing a value |
 | `<p>:failed:{<namespace>:<digest>}` | the failure mark that throttles retries of a failing computation |
+| `<p>:view:sequence:{<p>}` | the invalidation sequence: every `invalidate` moves it on with the generation (gql/cache/view.py) |
+| `<p>:view:members:{<p>}` | sorted set: each server process's view lease, scored by when it runs out (Redis time, ms) |
+| `<p>:view:acks:{<p>}` | hash: the sequence each server process has applied to its view |
 | `<p>:response:{<p>}:<digest>:meta` | a stored whole response's meta: ETag, fields, generations (gql/stored.py) |
 | `<p>:response:{<digest>}:<etag>:raw|deflate` | its bodies, named by the ETag the meta gives (so never another answer's) |
 | `<p>:apq:<sha256>` | an Automatic Persisted Query's text |
 | `<p>:scheduled-refresh:<slot>` | the claim of the process that runs a scheduled refresh |
 | `<p>:filled` (channel) | "a computation ended" messages, `<entry key>|<outcome>`; invalidations, `<generation key>|<generation>` |
+| | and, for the views, `<p>:view|<sequence> <previous> <namespace> <generation>` |
 
 The channel is classic pub/sub, also on a Cluster, where a message published on any node reaches the subscribers
 of every node: see docs/operations.md, "Redis Cluster", for why not sharded pub/sub.
@@ -68,6 +72,23 @@ class Keys:
 
     def generation(self, namespace: str) -> str:
         return f"{self.prefix}:generation:{self._shared}:{namespace}"
+
+    @property
+    def view_sequence(self) -> str:
+        return f"{self.prefix}:view:sequence:{self._shared}"
+
+    @property
+    def view_members(self) -> str:
+        return f"{self.prefix}:view:members:{self._shared}"
+
+    @property
+    def view_acks(self) -> str:
+        return f"{self.prefix}:view:acks:{self._shared}"
+
+    @property
+    def view_topic(self) -> str:
+        """What invalidations are announced as to the processes' views (with their place in the sequence)."""
+        return f"{self.prefix}:view"
 
     def compute_lease(self, key: EntryKey, generation: int) -> str:
         # Per generation: after a refresh, the new computation must not wait for one of before it.

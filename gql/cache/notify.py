@@ -7,10 +7,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from gql.cache.redis_link import REDIS_FAILURES, RedisLink
 
 log = logging.getLogger("gql.cache")
+
+
+class Watcher(Protocol):
+    """Told of one topic's messages inline, in the order they arrive (the view: gql/cache/view.py), and of the
+    subscription's state: `subscribed` once Redis has confirmed it, `unsubscribed` as soon as it is lost."""
+
+    def heard(self, outcome: str) -> None: ...
+
+    def subscribed(self) -> None: ...
+
+    def unsubscribed(self) -> None: ...
 
 
 class Notifications:
@@ -29,6 +41,7 @@ class Notifications:
         self._followers: dict[str, list[Callable[[str | None], Awaitable[None]]]] = {}
         self._handling: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._watchers: dict[str, Watcher] = {}
         self.listening = asyncio.Event()
 
     def wait_for(self, topic: str) -> asyncio.Future[str]:
@@ -48,6 +61,12 @@ class Notifications:
         """Run `handler(outcome)` for every message about `topic` from now on, and `handler(None)` each time the
         subscription (re)starts: messages sent while it was down are lost, so the handler looks for itself."""
         self._followers.setdefault(topic, []).append(handler)
+
+    def watch(self, topic: str, watcher: Watcher) -> None:
+        """Tell `watcher` of every message about `topic`, inline (so in order), from now on."""
+        self._watchers[topic] = watcher
+        if self.listening.is_set():
+            watcher.subscribed()
 
     def _run_followers(self, topic: str | None, outcome: str | None) -> None:
         for followed, handlers in self._followers.items():
@@ -98,12 +117,21 @@ class Notifications:
             pubsub = self._link.listener.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                self.listening.set()
-                self._run_followers(None, None)
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind == "subscribe":  # confirmed: from here on no message of the channel is missed
+                        self.listening.set()
+                        for watcher in self._watchers.values():
+                            watcher.subscribed()
+                        self._run_followers(None, None)
+                    elif kind == "message":
                         topic, _, outcome = message["data"].decode().rpartition("|")
+                        watching = self._watchers.get(topic)
+                        if watching is not None:
+                            watching.heard(outcome)
                         for waiter in self._waiters.pop(topic, ()):
                             if not waiter.done():
                                 waiter.set_result(outcome)
@@ -112,6 +140,7 @@ class Notifications:
             except Exception as exc:  # noqa: BLE001  # the listener must outlive anything its client raises
                 # Redis failures, and also what a client library raises on its way (redis-py 8.0 and 8.1's cluster
                 # pub/sub, after a failover, raise a KeyError of a slot from a stale table).
+                self._lost()
                 if isinstance(exc, REDIS_FAILURES):
                     log.debug("cache notifications interrupted: %s", exc)
                 else:
@@ -120,6 +149,11 @@ class Notifications:
                 with contextlib.suppress(Exception):
                     await self._link.rediscover(self._link.listener)  # its node may be gone for good
             finally:
-                self.listening.clear()
+                self._lost()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    def _lost(self) -> None:
+        self.listening.clear()
+        for watcher in self._watchers.values():
+            watcher.unsubscribed()

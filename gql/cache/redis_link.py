@@ -64,15 +64,72 @@ return 1
 # Invalidate a namespace: move its generation on and tell every process (`<generation key>|<new generation>`).
 # The new generation is the later of one more than now and Redis's clock in milliseconds, so it never repeats one
 # that a failover lost (a replica promoted without the master's last writes): an entry or a kept response of a
-# lost generation can never become current again. KEYS: generation; ARGV: channel. Returns the new generation.
+# lost generation can never become current again. The invalidation sequence moves on the same way, and the
+# processes' views hear of it with its place in the sequence (`<view topic>|<sequence> <previous> <namespace>
+# <generation>`; gql/cache/view.py). KEYS: generation, sequence; ARGV: channel, view topic, namespace.
+# Returns the new generation and sequence.
 BUMP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local generation = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, now)
 local text = string.format('%d', generation)
 redis.call('SET', KEYS[1], text)
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local sequence = math.max(previous + 1, now)
+redis.call('SET', KEYS[2], string.format('%d', sequence))
 redis.call('PUBLISH', ARGV[1], KEYS[1] .. '|' .. text)
-return generation
+redis.call('PUBLISH', ARGV[1], string.format('%s|%d %d %s %s', ARGV[2], sequence, previous, ARGV[3], text))
+return {generation, sequence}
+"""
+
+# A process renews its view's lease: records the sequence it has applied (its acknowledgement), and extends the
+# lease only if that is the current sequence (a process behind must catch up first: it cannot hold a lease
+# while it misses an invalidation); drops the leases that ran out. Returns the current sequence, whether the lease
+# was extended, and the generations of the namespaces named. KEYS: sequence, members, acks, generation keys;
+# ARGV: member, applied sequence, lease ms.
+RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sequence = tonumber(redis.call('GET', KEYS[1]) or '0')
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('HDEL', KEYS[3], unpack(gone))
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local extended = 0
+if tonumber(ARGV[2]) == sequence then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+  extended = 1
+end
+local answer = {string.format('%d', sequence), extended}
+for i = 4, #KEYS do answer[#answer + 1] = redis.call('GET', KEYS[i]) or '0' end
+return answer
+"""
+
+# The processes whose view still lacks invalidation `sequence`: those holding a lease that has not run out and
+# whose acknowledgement is older. Returns how many, and the most milliseconds any of their leases has left.
+# KEYS: members, acks; ARGV: sequence.
+PENDING = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local pending, longest = 0, 0
+for i = 1, #live, 2 do
+  local acked = tonumber(redis.call('HGET', KEYS[2], live[i]) or '-1')
+  if acked < tonumber(ARGV[1]) then
+    pending = pending + 1
+    longest = math.max(longest, tonumber(live[i + 1]) - now)
+  end
+end
+return {pending, longest}
+"""
+
+# A process leaving (shut down): refreshes need not wait for its lease. KEYS: members, acks; ARGV: member.
+LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
 """
 
 # Put back a generation that Redis lost (a failover without the last writes) and a process still knows of:
@@ -150,6 +207,9 @@ class RedisLink:
         self.release = self.reader.register_script(RELEASE)
         self.extend = self.reader.register_script(EXTEND)
         self.raise_generation = self.reader.register_script(RAISE)
+        self.renew = self.reader.register_script(RENEW)
+        self.pending = self.reader.register_script(PENDING)
+        self.leave = self.reader.register_script(LEAVE)
         self.breaker = CircuitBreaker(
             settings.redis_breaker_failures, self.retry_seconds, self._breaker_changed, slow_span=5 * self.timeout,
             clock=clock.monotonic,
@@ -163,40 +223,54 @@ class RedisLink:
         self._late: asyncio.Task[Any] | None = None
         self._background_probe: asyncio.Task[bool] | None = None
 
-    async def bump(self, generation_key: str, channel: str, client: Client | None = None) -> tuple[int, int | None]:
+    async def bump(
+        self, generation_key: str, sequence_key: str, channel: str, view_topic: str, namespace: str, client: Client | None = None,
+    ) -> tuple[int, int, int | None]:
         """Run BUMP; then, when refreshes wait for replicas, WAIT on the same connection (WAIT counts the replicas
         that hold that connection's writes) for as many of them as are connected (ROLE says, in the same round
-        trip as BUMP: waiting for a replica that is not there only costs the wait). Returns the new generation and
-        how many replicas acknowledged it (None: not asked).
+        trip as BUMP: waiting for a replica that is not there only costs the wait). Returns the new generation, the
+        new invalidation sequence and how many replicas acknowledged them (None: not asked).
 
         Sent whole (EVAL, not a script's EVALSHA): like a plain INCR, it takes effect when Redis reads it even if
         its answer comes too late for us (a frozen Redis, then thawed), and invalidations are rare."""
+        (generation, sequence), replicas, _ = await self.eval_and_wait(
+            BUMP, [generation_key, sequence_key], [channel, view_topic, namespace], client,
+        )
+        return int(generation), int(sequence), replicas
+
+    async def eval_and_wait(
+        self, script: str, keys: list[str], args: list[Any], client: Client | None = None,
+    ) -> tuple[Any, int | None, int]:
+        """EVAL `script` (keys of one slot); then, when refreshes wait for replicas, WAIT for as many as are connected
+        (see `bump`). Returns the script's answer, the replicas that acknowledged it (None: not asked) and how many
+        were waited for."""
         client = client or self.reader
+        command = ("EVAL", script, len(keys), *keys, *args)
         if not self.refresh_replicas:
-            return int(await client.eval(BUMP, 1, generation_key, channel)), None
+            return await client.execute_command(*command), None, 0
         if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(generation_key)
+            node = client.get_node_from_key(keys[0])
             if node is None:
-                raise RedisError(f"no node serves {generation_key} (the slot table is being refreshed)")
+                raise RedisError(f"no node serves {keys[0]} (the slot table is being refreshed)")
             connection = node.acquire_connection()
             try:
-                return await self._bump_and_wait(connection, generation_key, channel)
+                return await self._eval_and_wait(connection, command)
             finally:
                 node.release(connection)
         connection = await client.connection_pool.get_connection()
         try:
-            return await self._bump_and_wait(connection, generation_key, channel)
+            return await self._eval_and_wait(connection, command)
         finally:
             await client.connection_pool.release(connection)
 
-    async def _bump_and_wait(self, connection: Any, generation_key: str, channel: str) -> tuple[int, int]:
-        generation, role = await self._send(connection, [("EVAL", BUMP, 1, generation_key, channel), ("ROLE",)])
+    async def _eval_and_wait(self, connection: Any, command: tuple[Any, ...]) -> tuple[Any, int, int]:
+        answer, role = await self._send(connection, [command, ("ROLE",)])
         connected = len(role[2]) if role and role[0] in (b"master", "master") else 0
         wanted = min(self.refresh_replicas, connected)
         if not wanted:
-            return int(generation), 0
+            return answer, 0, 0
         (acknowledged,) = await self._send(connection, [("WAIT", wanted, milliseconds(self.refresh_wait))])
-        return int(generation), int(acknowledged)
+        return answer, int(acknowledged), wanted
 
     async def _send(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands in one write on one connection, their answers in order (raising the first error)."""

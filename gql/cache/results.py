@@ -48,13 +48,17 @@ from gql.cache.notify import Notifications
 from gql.cache.policy import EntryPolicy
 from gql.cache.raw import RawStore
 from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
+from gql.cache.view import LocalView
 from gql.clock import SYSTEM_CLOCK, Clock
 from gql.config import Settings
 
 log = logging.getLogger("gql.cache")
 
 class ResultCache:
-    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK, *, local_entries: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock = SYSTEM_CLOCK, *, local_entries: int | None = None,
+        view_namespaces: tuple[str, ...] = (),
+    ) -> None:
         self.settings = settings
         self.keys = Keys(settings.cache_prefix)
         self.link = RedisLink(settings, self._reconnected, clock, probe_key=self.keys.generation("data"))
@@ -72,6 +76,8 @@ class ResultCache:
         self._unreplicated_warned = False
         # Whole responses and other bytes, for the layers above (gql/responses.py).
         self.raw = RawStore(self.link, self.keys, self.local, self.generations)
+        # What a hit may trust without reading Redis (gql/cache/view.py); `start_view` starts it in a server.
+        self.view = LocalView(self.link, self.keys, self.generations, view_namespaces, settings.view_lease_seconds)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -90,7 +96,15 @@ class ResultCache:
         """Computations actually run here, per namespace (joined callers of a shared one do not count)."""
         return self.policy.computations
 
+    def start_view(self) -> None:
+        """Keep this process's view (a server's, whose hits use it) under a lease from now on."""
+        if self.view.enabled:
+            self._notify.watch(self.keys.view_topic, self.view)
+            self._notify.ensure_listening()
+            self.view.start()
+
     async def close(self) -> None:
+        await self.view.close()
         await self._notify.close()
         for task in list(self._background):
             task.cancel()
@@ -274,16 +288,21 @@ class ResultCache:
         if await self.link.usable():
             try:
                 # Published too: every process following the namespace hears of it (`on_invalidated`).
-                generation, replicas = await self.link.call(self.link.bump, self.keys.generation(namespace), self.keys.channel)
+                generation, sequence, replicas = await self.link.call(self.link.bump, *self._bump_keys(namespace))
                 self.generations.seen(namespace, generation)
                 if replicas is not None:
                     self._replicated(namespace, replicas)
-                return True
+                # Every server process answering from its view must have applied it before this returns.
+                return await self.view.everyone_has(sequence)
             except Unavailable:
                 pass
         # Redis holds entries from before this invalidation: bump its generation before using it again.
         self._pending_invalidations.add(namespace)
         return False
+
+    def _bump_keys(self, namespace: str) -> tuple[str, str, str, str, str]:
+        keys = self.keys
+        return keys.generation(namespace), keys.view_sequence, keys.channel, keys.view_topic, namespace
 
     def _replicated(self, namespace: str, replicas: int) -> None:
         """Count a refresh fewer replicas acknowledged than asked for; warn once until they do again (a master left
@@ -330,7 +349,7 @@ class ResultCache:
             namespace = min(self._pending_invalidations)
             self._pending_invalidations.discard(namespace)
             try:
-                await self.link.bump(self.keys.generation(namespace), self.keys.channel, client)
+                await self.link.bump(*self._bump_keys(namespace), client)
             except BaseException:
                 self._pending_invalidations.add(namespace)
                 raise
