@@ -5,6 +5,7 @@ The browser (the `chromium` fixture of tests/conftest.py) is tests/support/brows
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx2
 import pytest
@@ -28,7 +29,8 @@ from tests.support.subscriptions import wait_for_subscribers
 
 TOKEN = "dashboard-token"
 DEFAULT_CODES = ["000300", "000905", "HSI"]
-CACHE_TEXT = re.compile(r"^(HIT|MISS|STALE|REFRESHED|BYPASS), \d+(\.\d)? s old$")
+# REVALIDATED: the server answered 304 and the page shows the browser's copy (dashboard.js, API).
+CACHE_TEXT = re.compile(r"^(HIT|MISS|STALE|REFRESHED|BYPASS|REVALIDATED), \d+(\.\d)? s old$")
 # Cold computations run in the server's worker process; a first chart can take a few seconds on a busy machine.
 TIMEOUT_MS = 60_000
 
@@ -48,6 +50,7 @@ class Visit:
     base: str
     page: object = None
     requests: list[str] = field(default_factory=list)
+    sent: list = field(default_factory=list)  # the Playwright requests themselves (method, headers as sent)
     sockets: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _context: object = None
@@ -58,7 +61,7 @@ class Visit:
             prepare(self._context)
         page = self.page = self._context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("request", lambda request: (self.requests.append(request.url), self.sent.append(request)))
         page.on("websocket", lambda socket: self.sockets.append(socket.url))
         page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
@@ -137,6 +140,15 @@ def post(base: str, query: str, variables: dict | None = None, headers: dict | N
     response = httpx2.post(f"{base}/graphql", json={"query": query, "variables": variables or {}}, headers=headers or {}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# The page's poll for the data version (dashboard.js VERSION_QUERY), sent by its persisted-query hash.
+VERSION_QUERY = "{ __typename }"
+
+
+def is_poll(url: str) -> bool:
+    params = dict(parse_qsl(urlsplit(url).query))
+    return params.get("query") == VERSION_QUERY or hashlib.sha256(VERSION_QUERY.encode()).hexdigest() in params.get("extensions", "")
 
 
 def percent(value: float) -> Decimal:
@@ -258,14 +270,17 @@ def test_range_frequency_view_and_index_controls(visit):
     assert codes == ["000300", "000905", "000922"]
     assert page.locator("#chart-legend li").count() == 3
 
-    # Asking the same question again is answered from the cache, and the page says so.
+    # Asking the same question again is answered from the browser's copy the server confirmed (304), and the
+    # page says so.
     before = generation(page, "chart")
     page.click('#range-buttons button[data-range="ALL"]')
     wait_for_new_chart(page, before)
     before = generation(page, "chart")
     page.click('#range-buttons button[data-range="1Y"]')
     wait_for_new_chart(page, before)
-    assert_cache_shown(page, "#chart-cache", {"HIT"})
+    assert_cache_shown(page, "#chart-cache", {"REVALIDATED"})
+    assert page.get_attribute("#chart-cache .cache-entry", "data-first") in {"HIT", "MISS"}
+    assert "304 Not Modified" in page.get_attribute("#chart-cache .cache-entry", "title")
 
     screenshot(page, "dashboard-controls.png")
     visit.assert_clean()
@@ -350,6 +365,7 @@ def test_refresh_cache_needs_the_admin_token(visit):
         page.evaluate("document.querySelector('#refresh-status').dataset.state = ''")
 
     chart_before, ytd_before = generation(page, "chart"), generation(page, "ytd")
+    sent_before = len(visit.sent)
     page.fill("#refresh-token", TOKEN)
     page.click("#refresh-submit")
     page.wait_for_function(
@@ -365,6 +381,10 @@ def test_refresh_cache_needs_the_admin_token(visit):
     assert_cache_shown(page, "#ytd-cache", {"HIT"})
     assert_cache_shown(page, "#chart-cache", {"REFRESHED"})
     assert page.locator("#ytd-table tbody tr[data-code]").count() == 10
+    # The mutation is a POST; the loads after it are GETs that ask for a new answer, not the browser's copy.
+    calls = [r for r in visit.sent[sent_before:] if urlsplit(r.url).path == "/graphql"]
+    assert [r.method for r in calls][:1] == ["POST"] and "refreshCache" in calls[0].post_data_json["query"]
+    assert calls[1:] and all(r.method == "GET" and "if-none-match" not in r.all_headers() for r in calls[1:]), calls
 
     screenshot(page, "dashboard-refreshed.png")
     visit.assert_clean()
@@ -374,13 +394,14 @@ def test_api_errors_are_shown_to_the_user(visit):
     page = visit.open()
 
     def ask_for_an_unknown_code(route):
-        body = route.request.post_data_json
-        if "indexChart" in body["query"]:
-            body["variables"]["codes"] = ["NOPE1"]
-        route.continue_(post_data=json.dumps(body))
+        url = urlsplit(route.request.url)
+        params = dict(parse_qsl(url.query))
+        if params.get("operationName") == "Chart":
+            params["variables"] = json.dumps({**json.loads(params["variables"]), "codes": ["NOPE1"]})
+        route.continue_(url=urlunsplit(url._replace(query=urlencode(params))))
 
     # The real server answers the bad question; the page must show its message, not swallow it.
-    page.route("**/graphql", ask_for_an_unknown_code)
+    page.route(re.compile(r"/graphql\?"), ask_for_an_unknown_code)
     page.click('#range-buttons button[data-range="3Y"]')
     page.wait_for_selector('#chart[data-state="error"]')
     error = page.locator("#chart-error")
@@ -389,7 +410,7 @@ def test_api_errors_are_shown_to_the_user(visit):
     assert page.locator("#chart svg polyline").count() == 0
     screenshot(page, "dashboard-error.png")
 
-    page.unroute("**/graphql")
+    page.unroute(re.compile(r"/graphql\?"))
     before = generation(page, "chart")
     page.click('#range-buttons button[data-range="5Y"]')
     wait_for_new_chart(page, before)
@@ -458,7 +479,7 @@ def test_new_data_reaches_the_open_page_without_a_reload(chromium, live_server, 
         assert page.evaluate("window.notReloaded") == "the same page"
         assert page.inner_text("#live-status") == "live"
         assert [urlsplit(url).path for url in visit.sockets] == ["/graphql"]
-        assert not any("__typename" in url for url in visit.requests), "the page polled while live"
+        assert not any(is_poll(url) for url in visit.requests), "the page polled while live"
         screenshot(page, "dashboard-live.png")
         visit.assert_clean()
     finally:
@@ -522,10 +543,96 @@ def test_without_websockets_the_page_polls_and_still_picks_up_new_data(chromium,
         assert_shows_the_new_day(page, live_server)  # within one polling period (10 s)
         assert page.evaluate("window.notReloaded") == "the same page"
         assert page.get_attribute("#live-status", "data-mode") == "polling"
-        polls = [url for url in visit.requests if "__typename" in url]
+        polls = [url for url in visit.requests if is_poll(url)]
         assert polls and all(urlsplit(url).path == "/graphql" for url in polls)
         refused = page.evaluate("window.__refusedSockets")
         assert len(refused) >= 2 and all(urlsplit(url).path == "/graphql" for url in refused), "the socket is tried again"
+        visit.assert_clean()
+    finally:
+        visit.close()
+
+
+# --- how the page asks: GET with persisted-query hashes, revalidated through the browser's HTTP cache -------
+
+ACCESS_LINE = re.compile(r"gql\.access: (?P<method>GET|POST) /graphql (?P<status>\d{3}) \S+ operation=(?P<operation>\S+)")
+
+
+def graphql_calls(visit: Visit, since: int = 0) -> list[dict]:
+    """The page's requests to /graphql from `since` on: method, parameters, headers as sent."""
+    calls = []
+    for request in visit.sent[since:]:
+        url = urlsplit(request.url)
+        if url.path != "/graphql":
+            continue
+        params = dict(parse_qsl(url.query))
+        extensions = json.loads(params.get("extensions", "{}"))
+        calls.append({
+            "method": request.method,
+            "operation": params.get("operationName"),
+            "query": params.get("query"),
+            "hash": extensions.get("persistedQuery", {}).get("sha256Hash"),
+            "headers": request.all_headers(),
+            "request": request,
+        })
+    return calls
+
+
+def access_lines(log: Path) -> list[dict]:
+    return [m.groupdict() for m in ACCESS_LINE.finditer(log.read_text(errors="replace"))]
+
+
+def test_queries_go_as_get_with_persisted_hashes(chromium, redis_server, tmp_path):
+    # A server of its own (its persisted queries start empty) with its access log on: what the page sent, and what
+    # the server answered, each side seen from where it is.
+    log = tmp_path / "serve.log"
+    with running_server(redis_server.url, log=log, GQL_LOG_LEVEL="info") as base:
+        visit = Visit(chromium, base)
+        try:
+            page = visit.open()
+            first = graphql_calls(visit)
+            assert first and all(call["method"] == "GET" for call in first), first
+            operations = ["Indexes", "YearToDate", "Chart"]
+            for operation in operations:
+                mine = [call for call in first if call["operation"] == operation]
+                # An unknown hash: refused with PERSISTED_QUERY_NOT_FOUND, then the text once, with the same hash.
+                assert len(mine) == 2, mine
+                hash_only, with_text = mine
+                assert hash_only["query"] is None and re.fullmatch(r"[0-9a-f]{64}", hash_only["hash"])
+                assert with_text["query"] and with_text["hash"] == hash_only["hash"]
+                assert hashlib.sha256(with_text["query"].encode()).hexdigest() == hash_only["hash"]
+                assert f"query {operation}" in with_text["query"]
+                refused = hash_only["request"].response().json()
+                assert refused["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND", refused
+            lines = access_lines(log)
+            assert all(line["method"] == "GET" for line in lines), lines
+            assert sum(line["operation"] == "-" for line in lines) >= len(operations)  # the refusals run no operation
+            assert {"Indexes", "YearToDate", "Chart"} <= {line["operation"] for line in lines if line["status"] == "200"}
+
+            # Later loads: the hash alone, answered at once.
+            since, logged = len(visit.sent), len(access_lines(log))
+            before = generation(page, "chart")
+            page.click('#range-buttons button[data-range="1Y"]')
+            wait_for_new_chart(page, before)
+            [chart] = graphql_calls(visit, since)
+            assert (chart["method"], chart["operation"], chart["query"]) == ("GET", "Chart", None) and chart["hash"]
+            assert [(line["method"], line["status"], line["operation"]) for line in access_lines(log)[logged:]] == [("GET", "200", "Chart")]
+            assert_cache_shown(page, "#chart-cache", {"MISS", "HIT"})
+
+            visit.assert_clean()
+        finally:
+            visit.close()
+
+
+def test_without_crypto_subtle_the_page_sends_the_query_text(chromium, server):
+    # Outside a secure context (a plain-http host that is not localhost) there is no crypto.subtle: plain GETs
+    # with the query text, which the server answers as any query.
+    visit = Visit(chromium, server)
+    try:
+        page = visit.open(prepare=lambda context: context.add_init_script("delete Crypto.prototype.subtle;"))
+        calls = graphql_calls(visit)
+        assert calls and all(call["method"] == "GET" and call["query"] and call["hash"] is None for call in calls), calls
+        assert {call["operation"] for call in calls} >= {"Indexes", "YearToDate", "Chart"}
+        assert page.locator("#chart svg polyline").count() == len(DEFAULT_CODES)
         visit.assert_clean()
     finally:
         visit.close()

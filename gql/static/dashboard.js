@@ -1,4 +1,5 @@
 // Index dashboard: talks to /graphql exactly as any outside frontend would; no framework, no build step.
+// Queries: GET with persisted-query hashes, revalidated through the browser's HTTP cache (see the API part).
 "use strict";
 
 (() => {
@@ -67,6 +68,17 @@
   const $ = (selector) => document.querySelector(selector);
 
   // --- API -------------------------------------------------------------------------------------------
+  //
+  // Queries go as GET with Automatic Persisted Queries, as Apollo Client's persisted-queries link does with
+  // useGETForHashedQueries: the URL names the SHA-256 of the query text only; when the server does not know
+  // it (PERSISTED_QUERY_NOT_FOUND) the same request goes once more with the text, which registers it, and
+  // the hash alone does from then on. The browser's HTTP cache keeps the answers (their ETag) and every
+  // load revalidates (`cache: "no-cache"`): If-None-Match, and on 304 the stored body. Mutations are POSTs.
+
+  // Longer URLs go as POST: well under what uvicorn (h11: 16 KiB of request line and headers) and common
+  // proxies (nginx: 8 KiB per request line) take.
+  const MAX_GET_URL = 4000;
+  const hashes = new Map(); // query text -> Promise of its SHA-256 in hex (null without crypto.subtle)
 
   class ApiError extends Error {
     constructor(message, code, cache) {
@@ -76,15 +88,87 @@
     }
   }
 
-  async function graphql(query, variables, headers) {
+  // crypto.subtle exists in secure contexts only (https:, and http://localhost or 127.0.0.1): elsewhere the
+  // page sends the query text itself.
+  function queryHash(query) {
+    if (!hashes.has(query)) {
+      const subtle = window.isSecureContext && window.crypto && window.crypto.subtle;
+      hashes.set(query, !subtle ? Promise.resolve(null) : subtle.digest("SHA-256", new TextEncoder().encode(query))
+        .then((buffer) => [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join(""))
+        .catch(() => null));
+    }
+    return hashes.get(query);
+  }
+
+  function operationName(query) {
+    const match = /^\s*(?:query|mutation)\s+([_A-Za-z][_0-9A-Za-z]*)/.exec(query);
+    return match ? match[1] : null;
+  }
+
+  // The query string of a GET, in a fixed order (the browser's cache is keyed by the URL).
+  function getUrl(params) {
+    const search = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      if (value === undefined || value === null) continue;
+      search.set(name, typeof value === "string" ? value : JSON.stringify(value));
+    }
+    return `graphql?${search}`;
+  }
+
+  // Resource Timing tells an answer the server sent from the browser's stored copy it confirmed with a 304
+  // (fetch shows both as 200): `deliveryType` "cache", or a transfer of headers only. The observer sees every
+  // entry (the performance buffer, which it does not depend on, is emptied when full).
+  const timings = [];
+  const timingWaiters = new Set();
+  if (window.PerformanceObserver) {
+    try {
+      new PerformanceObserver((list) => {
+        for (const entry of list.getEntries()) {
+          if (entry.initiatorType !== "fetch") continue;
+          timings.push(entry);
+          if (timings.length > 200) timings.splice(0, timings.length - 200);
+        }
+        for (const waiter of [...timingWaiters]) waiter();
+      }).observe({ type: "resource", buffered: true });
+      performance.addEventListener("resourcetimingbufferfull", () => performance.clearResourceTimings());
+    } catch {
+      // No Resource Timing: answers are shown as the server sent them first.
+    }
+  }
+
+  function takeTiming(url, since) {
+    const i = timings.findIndex((e) => e.name === url && e.startTime >= since);
+    return i < 0 ? null : timings.splice(i, 1)[0];
+  }
+
+  // Whether the answer fetched from `url` (at `since`) is the browser's copy: true, false, or null (unknown).
+  function fromBrowserCopy(url, since) {
+    return new Promise((resolve) => {
+      const decide = (entry) => resolve(entry === null ? null
+        : entry.deliveryType === "cache" || entry.transferSize === 0
+          || (entry.encodedBodySize > 0 && entry.transferSize < entry.encodedBodySize + 300));
+      const now = takeTiming(url, since);
+      if (now !== null || !window.PerformanceObserver) {
+        decide(now);
+        return;
+      }
+      const waiter = () => {
+        const entry = takeTiming(url, since);
+        if (entry === null) return;
+        timingWaiters.delete(waiter);
+        clearTimeout(timer);
+        decide(entry);
+      };
+      const timer = setTimeout(() => { timingWaiters.delete(waiter); decide(null); }, 1000);
+      timingWaiters.add(waiter);
+    });
+  }
+
+  async function send(url, init) {
+    const since = performance.now();
     let response;
     try {
-      // Relative: the page works under a path prefix or behind a proxy that mounts the service elsewhere.
-      response = await fetch("graphql", {
-        method: "POST",
-        headers: { "content-type": "application/json", ...(headers || {}) },
-        body: JSON.stringify({ query, variables: variables || {} }),
-      });
+      response = await fetch(url, init);
     } catch (err) {
       throw new ApiError(`could not reach the API (${err.message})`, "NETWORK");
     }
@@ -96,16 +180,59 @@
       const detail = text.trim().slice(0, 200) || response.statusText;
       throw new ApiError(`the API answered HTTP ${response.status}: ${detail}`, `HTTP_${response.status}`);
     }
-    const cache = (body && body.extensions && body.extensions.cache) || [];
+    const cached = init.method === "GET" && response.headers.get("etag") ? await fromBrowserCopy(response.url, since) : false;
+    const age = response.headers.get("age");
+    return { response, body, revalidated: cached === true, age: age === null ? null : Number(age) };
+  }
+
+  function post(payload, headers) {
+    return send("graphql", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...(headers || {}) },
+      body: JSON.stringify(payload),
+    });
+  }
+
+  // A query: GET with the hash, the text once when the server asks for it (GET, or POST when too long).
+  async function ask(query, variables, cache) {
+    const name = operationName(query);
+    const vars = variables && Object.keys(variables).length ? variables : undefined;
+    const hash = await queryHash(query);
+    const extensions = hash ? { persistedQuery: { version: 1, sha256Hash: hash } } : undefined;
+    const init = { method: "GET", headers: { accept: "application/json" }, cache };
+    if (hash) {
+      const answer = await send(getUrl({ operationName: name, variables: vars, extensions }), init);
+      const code = answer.body && answer.body.errors && answer.body.errors[0].extensions
+        && answer.body.errors[0].extensions.code;
+      if (code !== "PERSISTED_QUERY_NOT_FOUND") return answer;
+    }
+    const url = getUrl({ query, operationName: name, variables: vars, extensions });
+    if (new URL(url, location.href).href.length <= MAX_GET_URL) return send(url, init);
+    return post({ query, operationName: name, variables: vars || {}, extensions });
+  }
+
+  // `options.mutation`: sent as POST. `options.cache`: the fetch cache mode of a query ("no-cache": the
+  // browser revalidates its copy; "reload": a new answer, after refreshCache has invalidated the old ones).
+  async function graphql(query, variables, options) {
+    const { headers, mutation, cache } = options || {};
+    const { response, body, revalidated, age } = mutation
+      ? await post({ query, variables: variables || {} }, headers)
+      : await ask(query, variables, cache || "no-cache");
+    const report = (body && body.extensions && body.extensions.cache) || [];
     if (body.errors && body.errors.length) {
       const message = body.errors.map((e) => e.message).join("; ");
       const code = body.errors[0].extensions && body.errors[0].extensions.code;
-      throw new ApiError(message, code, cache);
+      throw new ApiError(message, code, report);
     }
     if (!response.ok || !body.data) {
-      throw new ApiError(`the API answered HTTP ${response.status} without data`, `HTTP_${response.status}`, cache);
+      throw new ApiError(`the API answered HTTP ${response.status} without data`, `HTTP_${response.status}`, report);
     }
-    return { data: body.data, cache, version: body.extensions && body.extensions.dataVersion };
+    // A 304 leaves the body as it was first sent: its cache report is then of that earlier answer.
+    const cacheReport = revalidated ? report.map((entry) => ({
+      ...entry, revalidated: entry.status,
+      status: "REVALIDATED", ageSeconds: report.length === 1 && age !== null ? age : entry.ageSeconds,
+    })) : report;
+    return { data: body.data, cache: cacheReport, version: body.extensions && body.extensions.dataVersion };
   }
 
   // --- Formatting ------------------------------------------------------------------------------------
@@ -172,8 +299,15 @@
       span.dataset.age = String(entry.ageSeconds);
       const prefix = entries.length > 1 ? `${entry.field || entry.path} ` : "";
       span.textContent = `${prefix}${entry.status}, ${formatAge(entry.ageSeconds)} s old`;
-      const ttl = typeof entry.ttlSeconds === "number" ? `, fresh for ${Math.round(entry.ttlSeconds)} s more` : "";
-      span.title = `${entry.path}: ${entry.status}, computed ${formatAge(entry.ageSeconds)} s ago${ttl}`;
+      if (entry.revalidated) {
+        // The server answered 304 Not Modified: the browser's copy stands (its report is of when it was sent).
+        span.dataset.first = entry.revalidated;
+        span.title = `${entry.path}: unchanged (304 Not Modified), the browser's copy (${entry.revalidated} when it was `
+          + `sent); computed ${formatAge(entry.ageSeconds)} s ago`;
+      } else {
+        const ttl = typeof entry.ttlSeconds === "number" ? `, fresh for ${Math.round(entry.ttlSeconds)} s more` : "";
+        span.title = `${entry.path}: ${entry.status}, computed ${formatAge(entry.ageSeconds)} s ago${ttl}`;
+      }
       el.append(span);
     }
   }
@@ -583,7 +717,8 @@
     setChartState("empty");
   }
 
-  async function loadChart() {
+  // `fresh`: a new answer rather than the browser's copy revalidated (after refreshCache).
+  async function loadChart(fresh) {
     const seq = ++state.chartSeq;
     const section = $("#chart");
     section.dataset.range = state.range;
@@ -614,7 +749,7 @@
     }
     const variables = { codes: charted, start: chartStart(charted, periodStart), frequency: state.frequency };
     try {
-      const { data, cache } = await graphql(CHART_QUERY, variables);
+      const { data, cache } = await graphql(CHART_QUERY, variables, { cache: fresh ? "reload" : "no-cache" });
       if (seq !== state.chartSeq) return;
       hideError("#chart-error");
       state.chart = data.indexChart;
@@ -716,19 +851,19 @@
       + (flagged ? " † no close in the previous year: measured from the first close of this year." : "");
   }
 
-  function loadYtd() {
-    state.ytdLoad = fetchYtd();
+  function loadYtd(fresh) {
+    state.ytdLoad = fetchYtd(fresh);
     return state.ytdLoad;
   }
 
-  async function fetchYtd() {
+  async function fetchYtd(fresh) {
     const seq = ++state.ytdSeq;
     const section = $("#ytd");
     const table = $("#ytd-table");
     section.dataset.state = "loading";
     table.setAttribute("aria-busy", "true");
     try {
-      const { data, cache } = await graphql(YTD_QUERY);
+      const { data, cache } = await graphql(YTD_QUERY, {}, { cache: fresh ? "reload" : "no-cache" });
       if (seq !== state.ytdSeq) return;
       hideError("#ytd-error");
       state.ytdRows = data.yieldThisYear;
@@ -772,13 +907,13 @@
     setRefreshStatus("Refreshing the cache…", "pending");
     try {
       const headers = token ? { Authorization: `Bearer ${token}` } : {};
-      const { data } = await graphql(REFRESH_MUTATION, {}, headers);
+      const { data } = await graphql(REFRESH_MUTATION, {}, { headers, mutation: true });
       const refreshed = data.refreshCache.refreshed;
       const summary = refreshed.map((r) => `${r.target} in ${formatMs(r.durationMs)}`).join(", ");
       const targets = refreshed.map((r) => r.target);
       showRefreshForm(false);
       setRefreshStatus(`Refreshed ${summary}. Reloading data…`, "ok", targets);
-      await Promise.all([loadChart(), loadYtd()]);
+      await Promise.all([loadChart(true), loadYtd(true)]);
       setRefreshStatus(`Refreshed ${summary}; data reloaded at ${new Date().toLocaleTimeString("en-GB")}.`, "ok", targets);
     } catch (err) {
       setRefreshStatus(`Refresh failed: ${errorText(err)}`, "error");
@@ -892,12 +1027,7 @@
 
   async function checkVersion() {
     try {
-      const response = await fetch(`graphql?query=${encodeURIComponent(VERSION_QUERY)}`, {
-        headers: { accept: "application/json" },
-        cache: "no-store",
-      });
-      const body = await response.json();
-      const version = body && body.extensions && body.extensions.dataVersion;
+      const { version } = await graphql(VERSION_QUERY, {}, { cache: "no-store" });
       if (version && version !== state.dataVersion) reloadData();
     } catch {
       // Unreachable for now: the next poll asks again.
