@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint schema bench clean
+.PHONY: run test lint schema bench profile clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ schema: $(STAMP)
 bench: $(STAMP)
 	sh bench/setup.sh $(PY)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Where the time of one cached hit goes, in process (bench/profile_hit.py: the real app on a redis-server of its own,
+# no HTTP): µs per request, the access line and the metrics timed alone, and cProfile's costs by part.
+# PROFILE_ARGS="--log-level warning" (no access line), "--log-json", "--requests 20000"; see --help.
+profile: $(STAMP)
+	$(PY) -m bench.profile_hit $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(CLIENTS)/node_modules

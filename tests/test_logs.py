@@ -3,15 +3,20 @@ access-log line per request with its fields, and JSON lines, in-process and from
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
 
 import httpx2
 import pytest
 
-from gql.logs import JsonFormatter
+from gql.cache import CacheStatus
+from gql.logs import JsonFormatter, RequestIdFilter, access_log, log_request, logging_config, request_id
+from gql.schema.report import FieldReport
 from tests.support.http import REFRESH
 from tests.support.servers import running_server
 
@@ -154,3 +159,86 @@ def test_json_log_lines():
     record.request_id, record.fields = "abc", {"status": 200, "operation": "Dash"}
     entry = json.loads(JsonFormatter().format(record))
     assert entry["request_id"] == "abc" and entry["status"] == 200 and entry["operation"] == "Dash"
+
+
+# --- the access line written directly ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def access_handler(formatter: logging.Formatter) -> Iterator[tuple[io.StringIO, list[logging.LogRecord]]]:
+    """gql.access writing to a StringIO through one handler as logging_config() makes it (a StreamHandler with
+    RequestIdFilter), with every gql.access LogRecord made meanwhile counted; all as before afterwards."""
+    stream, made = io.StringIO(), []
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(formatter)
+    previous_factory = logging.getLogRecordFactory()
+
+    def counting(*args, **kwargs) -> logging.LogRecord:
+        record = previous_factory(*args, **kwargs)
+        if record.name == "gql.access":
+            made.append(record)
+        return record
+
+    saved = access_log.handlers[:], access_log.level, access_log.propagate
+    access_log.handlers, access_log.propagate = [handler], False
+    access_log.setLevel(logging.INFO)
+    logging.setLogRecordFactory(counting)
+    try:
+        yield stream, made
+    finally:
+        logging.setLogRecordFactory(previous_factory)
+        access_log.handlers, access_log.propagate = saved[0], saved[2]
+        access_log.setLevel(saved[1])
+
+
+def log_one(request: str) -> None:
+    token = request_id.set(request)
+    try:
+        summary = {"status": 200, "operation": "Dash", "cache": [FieldReport("ytd", "yieldThisYear", CacheStatus.HIT, 1.23456, 60.0)]}
+        log_request({"method": "POST", "path": "/graphql"}, summary, 0.000512)
+    finally:
+        request_id.reset(token)
+
+
+def through_logging(request: str) -> None:
+    """The same line through logging's own machinery: any filter on the logger takes the direct path away."""
+    access_log.addFilter(lambda record: True)
+    try:
+        log_one(request)
+    finally:
+        access_log.filters.clear()
+
+
+def test_the_text_access_line_written_directly_is_the_line_logging_writes():
+    formatter = logging.Formatter(logging_config("info")["formatters"]["default"]["format"])
+    with access_handler(formatter) as (stream, made):
+        log_one("direct-1")
+        assert made == []  # written without a LogRecord
+        through_logging("direct-1")
+        assert len(made) == 1
+    direct, standard = stream.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.fullmatch(stamp + r"INFO \[direct-1\] gql\.access: POST /graphql 200 0\.51ms operation=Dash cache=ytd:HIT", direct)
+    assert re.sub(stamp, "", direct) == re.sub(stamp, "", standard)
+
+
+def test_the_json_access_line_written_directly_is_the_line_logging_writes():
+    with access_handler(JsonFormatter()) as (stream, made):
+        log_one("direct-2")
+        assert made == []
+        through_logging("direct-2")
+        assert len(made) == 1
+    direct, standard = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(direct) == list(standard)  # the same keys in the same order
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", direct.pop("time")) and standard.pop("time")
+    assert direct == standard
+    assert direct["request_id"] == "direct-2" and direct["level"] == "info" and direct["duration_ms"] == 0.51
+    assert direct["cache"] == [{"path": "ytd", "field": "yieldThisYear", "status": "HIT", "ageSeconds": 1.235, "ttlSeconds": 60.0}]
+
+
+def test_a_format_of_its_own_gets_the_access_line_through_logging():
+    with access_handler(logging.Formatter("%(levelname)s %(message)s")) as (stream, made):
+        log_one("other-1")
+    assert len(made) == 1
+    assert stream.getvalue() == "INFO POST /graphql 200 0.51ms operation=Dash cache=ytd:HIT\n"
