@@ -61,7 +61,11 @@ class Visit:
             prepare(self._context)
         page = self.page = self._context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        page.on("request", lambda request: (self.requests.append(request.url), self.sent.append(request)))
+        def sent(request) -> None:
+            self.requests.append(request.url)
+            self.sent.append(request)
+
+        page.on("request", sent)
         page.on("websocket", lambda socket: self.sockets.append(socket.url))
         page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))

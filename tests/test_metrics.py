@@ -60,6 +60,7 @@ def test_every_metric_is_declared_with_its_type(client):
         "gql_cache_leases": "counter", "gql_cache_redis_up": "gauge", "gql_cache_breaker_state": "gauge",
         "gql_cache_breaker_opened": "counter", "gql_cache_unreplicated_refreshes": "counter",
         "gql_ws_connections": "gauge", "gql_subscriptions": "gauge", "gql_ws_refused": "counter",
+        "gql_response_view_hits": "counter", "gql_view_wait_seconds": "histogram",
     }
 
 
@@ -86,6 +87,8 @@ def test_a_stored_answer_counts_a_response_hit_and_a_lookup_hit_and_no_computati
     assert changes(before, scrape(client)) == {
         counted("gql_response_cache_total", outcome="hit"): 1,
         counted("gql_cache_lookups_total", field="yieldThisYear", outcome="hit"): 1,
+        # The answer stored a moment ago, under the generations this process's view holds: no Redis round trip.
+        counted("gql_response_view_hits_total"): 1,
     }
 
 

@@ -301,8 +301,7 @@ class ResultCache:
         return False
 
     def _bump_keys(self, namespace: str) -> tuple[str, str, str, str, str]:
-        keys = self.keys
-        return keys.generation(namespace), keys.view_sequence, keys.channel, keys.view_topic, namespace
+        return self.keys.generation(namespace), self.keys.view_sequence, self.keys.channel, self.keys.view_topic, namespace
 
     def _replicated(self, namespace: str, replicas: int) -> None:
         """Count a refresh fewer replicas acknowledged than asked for; warn once until they do again (a master left
