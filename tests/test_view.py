@@ -33,6 +33,16 @@ def computed_after(base: str, sent: float) -> bool:
     return max(ages(post(base, YIELD))) < time.time() - sent
 
 
+def all_from_their_views(servers: tuple[ServerProcess, ...], what: str) -> None:
+    for server in servers:
+        wait_until(partial(answers_from_its_view, server.base), 15, what)
+
+
+def none_from_before(servers: tuple[ServerProcess, ...], sent: float) -> None:
+    for server in servers:
+        assert computed_after(server.base, sent), f"{server.base} answered from before the refresh"
+
+
 class Refresh(threading.Thread):
     """refreshCache of yieldThisYear in the background, so a test can look at the fleet while it waits."""
 
@@ -54,17 +64,13 @@ def fleet_env(**env: str) -> dict[str, str]:
 def test_hits_come_from_the_view_and_a_refresh_reaches_every_process_at_once(shared_redis, tmp_path: Path):
     shared = prefix("view")
     with servers(shared_redis.url, tmp_path, 2, **fleet_env(**shared_redis.env, GQL_CACHE_PREFIX=shared)) as (a, b):
-        for server in (a, b):
-            wait_until(partial(answers_from_its_view, server.base), 15, "hits from the view")
+        all_from_their_views((a, b), "hits from the view")
         for _ in range(3):
             sent = time.time()
             body = post(a.base, REFRESH, headers=ADMIN)
             assert not body.get("errors"), body
-            # Straight after the refresh returns, neither process answers from before it.
-            for server in (a, b):
-                assert computed_after(server.base, sent), f"{server.base} answered from before the refresh"
-        for server in (a, b):
-            wait_until(partial(answers_from_its_view, server.base), 15, "hits from the view again")
+            none_from_before((a, b), sent)  # straight after the refresh returns
+        all_from_their_views((a, b), "hits from the view again")
 
 
 def test_a_process_paused_across_a_refresh_holds_it_up_to_its_lease_and_answers_new_data_when_resumed(
@@ -75,8 +81,7 @@ def test_a_process_paused_across_a_refresh_holds_it_up_to_its_lease_and_answers_
     joins meanwhile answers the new data too, and from its view once its own lease holds."""
     shared = prefix("paused")
     with servers(shared_redis.url, tmp_path, 2, **fleet_env(**shared_redis.env, GQL_CACHE_PREFIX=shared)) as (a, b):
-        for server in (a, b):
-            wait_until(partial(answers_from_its_view, server.base), 15, "hits from the view")
+        all_from_their_views((a, b), "hits from the view")
         os.kill(b.process.pid, signal.SIGSTOP)
         try:
             refresh = Refresh(a.base)
@@ -107,8 +112,7 @@ def test_a_cut_listener_stops_hits_from_the_view_until_it_has_caught_up(own_redi
     answer from its view meanwhile, the refresh waits until it has caught up, and after it both answer new data."""
     shared = prefix("cut")
     with servers(own_redis.url, tmp_path, 2, **fleet_env(GQL_CACHE_PREFIX=shared)) as (a, b):
-        for server in (a, b):
-            wait_until(partial(answers_from_its_view, server.base), 15, "hits from the view")
+        all_from_their_views((a, b), "hits from the view")
         with own_redis.client() as client:
             assert client.execute_command("PUBSUB", "NUMSUB", f"{shared}:filled")[1] == 2
             # Both listeners at once, the refresh straight after: it is published while neither is subscribed.
@@ -116,10 +120,8 @@ def test_a_cut_listener_stops_hits_from_the_view_until_it_has_caught_up(own_redi
             sent = time.time()
             body = post(a.base, REFRESH, headers=ADMIN)
         assert not body.get("errors"), body
-        for server in (a, b):
-            assert computed_after(server.base, sent), f"{server.base} answered from before the refresh"
-        for server in (a, b):
-            wait_until(partial(answers_from_its_view, server.base), 15, "hits from the view once subscribed again")
+        none_from_before((a, b), sent)
+        all_from_their_views((a, b), "hits from the view once subscribed again")
 
 
 def test_without_a_lease_every_hit_reads_redis(redis_server, tmp_path: Path):
