@@ -235,18 +235,11 @@ class ResponseCacheApp:
         await self._execute(send, request, operation, snapshot, store_as=(key, generations, local))
 
     def _viewed(self, key: str, local: dict[str, int], epoch: int | None) -> StoredResponse | None:
-        """The answer for `key` that this process's view (trusted: its lease holds) says is current: the data epoch
-        the feed caught up with and the generations it was stored under are the latest the view knows, no refresh
-        was made through this process meanwhile, and it is fresh. (The data version is in the key.)"""
-        remembered = self._memory.get(key)
-        if remembered is None or remembered.local != local or remembered.stored.expires <= self._now():
+        """The answer for `key` that this process's view (trusted: its lease holds) says is current: the one `_kept`
+        would give, once the feed has caught up with the latest data epoch the view knows."""
+        if epoch is None or self._view.known(DATA_EPOCH) != epoch:
             return None
-        known = self._view.known
-        if epoch is None or known(DATA_EPOCH) != epoch:
-            return None
-        if any(known(namespace) != generation for namespace, generation in remembered.generations.items()):
-            return None
-        return remembered.stored
+        return self._kept(key, local)
 
     def _kept(self, key: str, local: dict[str, int]) -> StoredResponse | None:
         """The answer this process served for `key` a moment ago, if nothing it knows of has changed it since: no

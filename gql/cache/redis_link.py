@@ -207,9 +207,6 @@ class RedisLink:
         self.release = self.reader.register_script(RELEASE)
         self.extend = self.reader.register_script(EXTEND)
         self.raise_generation = self.reader.register_script(RAISE)
-        self.renew = self.reader.register_script(RENEW)
-        self.pending = self.reader.register_script(PENDING)
-        self.leave = self.reader.register_script(LEAVE)
         self.breaker = CircuitBreaker(
             settings.redis_breaker_failures, self.retry_seconds, self._breaker_changed, slow_span=5 * self.timeout,
             clock=clock.monotonic,
