@@ -68,6 +68,7 @@ class DataFeed:
         # One thread of its own: looking at the files never waits behind pandas work in the compute pool,
         # and two reloads never run at once.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gql-data")
+        self._closed = False
         self._epoch: int | None = None
         self._stop: asyncio.Event | None = None
         self._watcher: asyncio.Task | None = None
@@ -104,6 +105,8 @@ class DataFeed:
 
     async def sync(self) -> PriceStore:
         """Look at the source now; load it if it changed. Returns the snapshot to answer from."""
+        if self._closed:  # shutting down: a late notification's catch-up has nothing left to load with
+            return self.current
         store, change, error = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_if_changed)
         if error is not None:
             # Files: once per change of them (they are tried again only when they change again). A database
@@ -197,6 +200,7 @@ class DataFeed:
                     await asyncio.wait_for(stop.wait(), 1.0)
 
     async def close(self) -> None:
+        self._closed = True
         if self._stop is not None:
             self._stop.set()
         if self._watcher is not None:
