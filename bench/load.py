@@ -30,14 +30,14 @@ class WrkRun:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def wrk(url: str, body_file: Path, connections: int, seconds: float, timeout: float = 60) -> WrkRun:
-    """One wrk run (one thread) POSTing the body in `body_file` to `url`."""
+def wrk(url: str, body_file: Path, connections: int, seconds: float, timeout: float = 60, if_none_match: str = "") -> WrkRun:
+    """One wrk run (one thread) POSTing the body in `body_file` to `url` (a revalidation with `if_none_match`)."""
     binary = shutil.which("wrk")
     if not binary:
         raise SystemExit("wrk is not on PATH (bench/setup.sh installs it)")
     command = [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={round(timeout)}s",
                "-s", str(LUA), url]
-    done = subprocess.run(command, env={**os.environ, "WRK_BODY_FILE": str(body_file)},
+    done = subprocess.run(command, env={**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_IF_NONE_MATCH": if_none_match},
                           capture_output=True, text=True, timeout=seconds + timeout + 30)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:

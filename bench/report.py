@@ -104,21 +104,52 @@ def throughput_section(cells: list[Cell], settings: str) -> list[str]:
         settings,
         "",
         ("| payload | variant | response bytes | cache | conns | requests | req/s | req/s range | p50 ms | p99 ms "
-        "| req/s ÷ ceiling | req/s ÷ Flask | p99 ÷ ceiling | p99 ÷ Flask |"),
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| req/s ÷ bare | req/s ÷ ceiling | req/s ÷ Flask | p99 ÷ bare | p99 ÷ ceiling | p99 ÷ Flask |"),
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for payload in dict.fromkeys(c.payload for c in cells):
         row = {c.variant: c for c in cells if c.payload == payload}
-        ceiling, flask = row["ceiling"], row["flask"]
+        bases = [row.get(name) for name in ("bare", "ceiling", "flask")]
         for c in row.values():
             errors = sum(r.errors for r in c.runs)
             note = f" ({errors} errors)" if errors else ""
+            size = f"{c.response_bytes:,}" if c.response_bytes else "0 (304)"
+            rps = " | ".join(_ratio(c.rps, b.rps) if b else "-" for b in bases)
+            p99 = " | ".join(_ratio(c.p99_ms, b.p99_ms) if b else "-" for b in bases)
             lines.append(
-                f"| {payload} | {c.title} | {c.response_bytes:,} | {c.cache_status} | {c.runs[0].connections} "
+                f"| {payload} | {c.title} | {size} | {c.cache_status} | {c.runs[0].connections} "
                 f"| {sum(r.requests for r in c.runs):,}{note} | {c.rps:,.1f} | {c.rps_range} | {c.p50_ms:.2f} | {c.p99_ms:.2f} "
-                f"| {_ratio(c.rps, ceiling.rps)} | {_ratio(c.rps, flask.rps)} "
-                f"| {_ratio(c.p99_ms, ceiling.p99_ms)} | {_ratio(c.p99_ms, flask.p99_ms)} |"
+                f"| {rps} | {p99} |"
             )
+    return lines + [""]
+
+
+def targets_section(cells: list[Cell], loaded: dict) -> list[str]:
+    """The targets of a hit (issue 15), each a ratio of two setups measured in this run."""
+    cell = {(c.variant, c.payload): c for c in cells}
+    rest, under = loaded["at_rest"], loaded["under_load"]
+    rows = [
+        ("small hit ÷ bare ASGI app, req/s", cell["full", "small"].rps, cell["bare", "small"].rps, ">=", 0.5),
+        ("large hit ÷ bare ASGI app, req/s", cell["full", "large"].rps, cell["bare", "large"].rps, ">=", 0.8),
+        ("2 workers ÷ 1 worker, small hit req/s", cell["full2", "small"].rps, cell["full", "small"].rps, ">=", 1.6),
+        ("2 workers ÷ 1 worker, large hit req/s", cell["full2", "large"].rps, cell["full", "large"].rps, ">=", 1.6),
+        ("hit p99 during cold computations ÷ at rest", percentile(under, 0.99), percentile(rest, 0.99), "<=", 2.0),
+        ("304 revalidation ÷ small hit, req/s", cell["full", "small 304"].rps, cell["full", "small"].rps, ">=", 1.0),
+    ]
+    lines = [
+        "## Targets",
+        "",
+        ("Each a ratio of two setups measured in this run (the machine is shared and noisy: only ratios compare). "
+         "wrk runs on the same machine as the servers, so with 2 cores it takes CPU from them, the two-worker "
+         "setup most."),
+        "",
+        "| target | measured | ratio | goal | met |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, value, base, sense, goal in rows:
+        ratio = value / base if base else 0.0
+        met = ratio >= goal if sense == ">=" else ratio <= goal
+        lines.append(f"| {name} | {value:,.2f} ÷ {base:,.2f} | {ratio:.2f} | {sense} {goal:g} | {'yes' if met else '**no**'} |")
     return lines + [""]
 
 
@@ -210,8 +241,12 @@ def partial_hits_section(rows: list[PartialHitRow], runs: int) -> list[str]:
     return lines + [""]
 
 
+_INFO_LINE = re.compile(r"^\S+ \S+ INFO \[")  # gql.logs.TEXT_FORMAT at INFO: the access lines, startup lines
+
+
 def logs_section(logs: dict[str, list[str]], per_server: int = 5) -> list[str]:
-    """What the servers logged (at warning and above): a degraded cache shows up here first."""
+    """What the servers logged at warning and above (the access lines left out): a degraded cache shows up here first."""
+    logs = {name: [line for line in lines if not _INFO_LINE.match(line)] for name, lines in logs.items()}
     noisy = {name: lines for name, lines in logs.items() if lines}
     if not noisy:
         return ["## Server logs", "", "No server logged anything at warning level or above.", ""]

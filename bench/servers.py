@@ -37,6 +37,15 @@ class Server:
     url: str
 
 
+def bare(redis_url: str) -> Variant:
+    return Variant(
+        "bare", "0. bare ASGI app: the response bytes from memory",
+        lambda port: [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1",
+                      "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
+        {"BENCH_REDIS_URL": redis_url},
+    )
+
+
 def ceiling(redis_url: str) -> Variant:
     return Variant(
         "ceiling", "1. ceiling: Starlette, one Redis GET of the response bytes",
@@ -56,22 +65,29 @@ def flask(redis_url: str) -> Variant:
 
 
 def service(key: str, title: str, redis_url: str, run_id: str, expect: str, **env: str) -> Variant:
-    """`python -m gql serve`, one worker, under its own cache prefix."""
+    """`python -m gql serve` under its own cache prefix, one worker unless `GQL_WORKERS` says otherwise, logging
+    warnings and above unless `GQL_LOG_LEVEL` says otherwise."""
     return Variant(
         key, title,
-        lambda port: [sys.executable, "-m", "gql", "serve", "--port", str(port), "--workers", "1"],
-        {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"bench-{run_id}-{key}", "GQL_LOG_LEVEL": "warning", **env},
+        lambda port: [sys.executable, "-m", "gql", "serve", "--port", str(port)],
+        {"REDIS_URL": redis_url, "GQL_CACHE_PREFIX": f"bench-{run_id}-{key}", "GQL_LOG_LEVEL": "warning", "GQL_WORKERS": "1",
+         **env},
         expect=expect,
     )
 
 
 def all_variants(redis_url: str, run_id: str) -> list[Variant]:
+    """The variants of the throughput table. The service's at its default log level: the access line of every
+    request is part of what is measured (written to the variant's log file)."""
+    info = {"GQL_LOG_LEVEL": "info"}
     return [
+        bare(redis_url),
         ceiling(redis_url),
         flask(redis_url),
-        service("nocache", "3. service, caching off", redis_url, run_id, "BYPASS", GQL_CACHE_ENABLED="false"),
-        service("resolver", "4. service, resolver cache only", redis_url, run_id, "HIT", GQL_RESPONSE_CACHE="false"),
-        service("full", "5. service, all caches (defaults)", redis_url, run_id, "HIT"),
+        service("nocache", "3. service, caching off", redis_url, run_id, "BYPASS", GQL_CACHE_ENABLED="false", **info),
+        service("resolver", "4. service, resolver cache only", redis_url, run_id, "HIT", GQL_RESPONSE_CACHE="false", **info),
+        service("full", "5. service, all caches (defaults)", redis_url, run_id, "HIT", **info),
+        service("full2", "6. service, all caches, 2 workers", redis_url, run_id, "HIT", GQL_WORKERS="2", **info),
     ]
 
 
