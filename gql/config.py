@@ -14,6 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gql.schedule import parse_time_of_day
 
+# The longest freshness GQL_HTTP_* may give downstream caches (a year: more is no use to any cache).
+MAX_SECONDS = 365 * 86400
+
 if TYPE_CHECKING:
     from gql.db.tables import Names
 
@@ -150,6 +153,20 @@ class Settings:
     apq_ttl: float = 7 * 86400.0
     # Larger cached values are served but not stored.
     cache_max_entry_bytes: int = 32 * 1024 * 1024
+    # Downstream caches (browsers, proxies, CDNs; gql/downstream.py): seconds they may use an answer without asking,
+    # each capped at what the answer's entry has left (0, 0, 0: `public, no-cache`, revalidated with a 304 each time).
+    http_max_age: int = 0
+    http_shared_max_age: int = 0
+    http_stale_while_revalidate: int = 0
+    # Comma-separated URLs that refreshCache and new data versions send purge requests to (empty: none).
+    purge_urls: str = ""
+    purge_method: str = "PURGE"
+    # surrogate (xkey-purge / Surrogate-Key headers: Varnish, Fastly) or cloudflare (POST {"tags": [...]}).
+    purge_style: str = "surrogate"
+    # Extra headers of each purge request, "Name: value; Name2: value2" (an API token, say).
+    purge_headers: str = ""
+    # Bound of each purge attempt, in seconds; refreshCache waits for its purge at most this long.
+    purge_timeout: float = 2.0
     log_level: str = "info"
     log_json: bool = False
 
@@ -183,7 +200,7 @@ class Settings:
             self.cache_fail_safe_seconds, self.cache_fail_safe_retry_seconds, self.cache_lease_seconds, self.cache_ttl_jitter,
             self.cache_early_refresh, self.fault_compute_delay, 0.0 if self.cache_stale_seconds is None else self.cache_stale_seconds,
             self.ws_idle_seconds, self.ws_init_timeout, self.redis_soft_timeout, self.redis_refresh_wait,
-            self.view_lease_seconds,
+            self.view_lease_seconds, self.purge_timeout,
         )
         checks = [
             (all(math.isfinite(v) for v in seconds), "every GQL_* time, jitter or factor setting must be a finite number"),
@@ -236,6 +253,14 @@ class Settings:
             (self.response_memory_bytes >= 0, "GQL_RESPONSE_MEMORY_BYTES must be >= 0"),
             (self.apq_ttl > 0, "GQL_APQ_TTL must be a positive number of seconds"),
             (self.cache_max_entry_bytes >= 1024, "GQL_CACHE_MAX_ENTRY_BYTES must be at least 1024"),
+            *(
+                (0 <= value <= MAX_SECONDS, f"{name} must be a whole number of seconds from 0 to {MAX_SECONDS} (0: not sent)")
+                for name, value in (
+                    ("GQL_HTTP_MAX_AGE", self.http_max_age), ("GQL_HTTP_SHARED_MAX_AGE", self.http_shared_max_age),
+                    ("GQL_HTTP_STALE_WHILE_REVALIDATE", self.http_stale_while_revalidate),
+                )
+            ),
+            (0 < self.purge_timeout <= 30, "GQL_PURGE_TIMEOUT must be a number of seconds above 0, at most 30"),
         ]
         for ok, message in checks:
             if not ok:
@@ -252,6 +277,7 @@ class Settings:
                     raise ConfigError(f"{name}: {exc}") from None
         _check_redis_url(self.redis_url)
         self.redis_topology()
+        self._check_purging()
         if self.database_url is not None:
             self._check_database()
 
@@ -271,6 +297,14 @@ class Settings:
                             ("GQL_DATABASE_POLL_SECONDS", self.database_poll_seconds)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds")
+
+    def _check_purging(self) -> None:
+        from gql.downstream import PurgeConfig
+
+        try:
+            PurgeConfig.of(self)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def redis_topology(self) -> Topology:
         """Where Redis is, by GQL_REDIS_MODE; ConfigError saying what is missing or wrong."""
