@@ -16,6 +16,9 @@ from gql.schedule import parse_time_of_day
 
 # The longest freshness GQL_HTTP_* may give downstream caches (a year: more is no use to any cache).
 MAX_SECONDS = 365 * 86400
+# PURGE and BAN for Varnish (deploy/varnish.vcl takes both) and the like; POST for Fastly's purge API.
+PURGE_METHODS = ("PURGE", "BAN", "POST")
+PURGE_STYLES = ("surrogate", "cloudflare")  # gql/downstream.py, PurgeStyle
 
 if TYPE_CHECKING:
     from gql.db.tables import Names
@@ -277,7 +280,7 @@ class Settings:
                     raise ConfigError(f"{name}: {exc}") from None
         _check_redis_url(self.redis_url)
         self.redis_topology()
-        self._check_purging()
+        _check_purging(self)
         if self.database_url is not None:
             self._check_database()
 
@@ -297,14 +300,6 @@ class Settings:
                             ("GQL_DATABASE_POLL_SECONDS", self.database_poll_seconds)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds")
-
-    def _check_purging(self) -> None:
-        from gql.downstream import PurgeConfig
-
-        try:
-            PurgeConfig.of(self)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
 
     def redis_topology(self) -> Topology:
         """Where Redis is, by GQL_REDIS_MODE; ConfigError saying what is missing or wrong."""
@@ -350,6 +345,27 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _check_purging(settings: Settings) -> None:
+    """GQL_PURGE_* as gql/downstream.py reads them."""
+    for url in _split(settings.purge_urls):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"GQL_PURGE_URLS: {url!r} is not an http:// or https:// URL with a host; "
+                              "expected comma-separated URLs such as http://127.0.0.1:6081/")
+        try:
+            _ = parts.port  # ValueError when out of range
+        except ValueError:
+            raise ConfigError(f"GQL_PURGE_URLS: {url!r} has no valid port") from None
+    if settings.purge_method.strip().upper() not in PURGE_METHODS:
+        raise ConfigError(f"GQL_PURGE_METHOD={settings.purge_method!r} is not allowed; expected one of {', '.join(PURGE_METHODS)}")
+    if settings.purge_style.strip().lower() not in PURGE_STYLES:
+        raise ConfigError(f"GQL_PURGE_STYLE={settings.purge_style!r} is not a style; expected one of {', '.join(PURGE_STYLES)}")
+    try:
+        parse_headers(settings.purge_headers)
+    except ValueError as exc:
+        raise ConfigError(f"GQL_PURGE_HEADERS: {exc}; expected 'Name: value; Name2: value2'") from None
 
 
 def _check_redis_url(url: str) -> None:
@@ -410,6 +426,22 @@ def without_password(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_headers(value: str) -> tuple[tuple[str, str], ...]:
+    """`Name: value; Name2: value2` (or one per line) as pairs; ValueError naming what is wrong."""
+    found = []
+    for part in (p.strip() for p in value.replace("\n", ";").split(";")):
+        if not part:
+            continue
+        name, sep, text = part.partition(":")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name):
+            raise ValueError(f"{part!r} is not 'Name: value'")
+        if "\r" in text:
+            raise ValueError(f"the value of {name} holds a line break")
+        found.append((name, text))
+    return tuple(found)
 
 
 def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:

@@ -23,14 +23,11 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import orjson
 
 from gql import metrics
-
-if TYPE_CHECKING:
-    from gql.config import Settings
+from gql.config import Settings, parse_headers
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +38,6 @@ PURGE_BACKOFF = (0.25, 1.0)
 # downstream cache from the old version meanwhile is covered by purging the old version once more after this.
 REPEAT_AFTER_SECONDS = 2.0
 _NO_CACHE = "public, no-cache"
-# PURGE and BAN for Varnish (deploy/varnish.vcl takes PURGE) and the like; POST for Fastly's purge API.
-PURGE_METHODS = ("PURGE", "BAN", "POST")
 
 
 class PurgeStyle(enum.Enum):
@@ -150,22 +145,6 @@ class PurgeTarget:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def parse_headers(value: str) -> tuple[tuple[str, str], ...]:
-    """`Name: value; Name2: value2` (or one per line) as pairs; ValueError naming what is wrong."""
-    found = []
-    for part in (p.strip() for p in value.replace("\n", ";").split(";")):
-        if not part:
-            continue
-        name, sep, text = part.partition(":")
-        name, text = name.strip(), text.strip()
-        if not sep or not name or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name):
-            raise ValueError(f"{part!r} is not 'Name: value'")
-        if "\r" in text:
-            raise ValueError(f"the value of {name} holds a line break")
-        found.append((name, text))
-    return tuple(found)
-
-
 @dataclass(frozen=True)
 class PurgeConfig:
     targets: tuple[PurgeTarget, ...]
@@ -176,27 +155,13 @@ class PurgeConfig:
 
     @classmethod
     def of(cls, settings: Settings) -> PurgeConfig | None:
-        """The purge configuration of the settings (None: GQL_PURGE_URLS unset); ValueError naming what is wrong."""
+        """The purge configuration of the settings (None: GQL_PURGE_URLS unset), which `Settings.validate` checked."""
         urls = [u.strip() for u in settings.purge_urls.split(",") if u.strip()]
         if not urls:
             return None
-        method = settings.purge_method.strip().upper()
-        if method not in PURGE_METHODS:
-            raise ValueError(f"GQL_PURGE_METHOD={settings.purge_method!r} is not allowed; expected one of {', '.join(PURGE_METHODS)}")
-        try:
-            style = PurgeStyle(settings.purge_style.strip().lower())
-        except ValueError:
-            styles = ", ".join(s.value for s in PurgeStyle)
-            raise ValueError(f"GQL_PURGE_STYLE={settings.purge_style!r} is not a style; expected one of {styles}") from None
-        try:
-            targets = tuple(PurgeTarget.parse(u) for u in urls)
-        except ValueError as exc:
-            raise ValueError(f"GQL_PURGE_URLS: {exc}; expected comma-separated URLs such as http://127.0.0.1:6081/") from None
-        try:
-            headers = parse_headers(settings.purge_headers)
-        except ValueError as exc:
-            raise ValueError(f"GQL_PURGE_HEADERS: {exc}; expected 'Name: value; Name2: value2'") from None
-        return cls(targets, method, style, headers, settings.purge_timeout)
+        targets = tuple(PurgeTarget.parse(u) for u in urls)
+        return cls(targets, settings.purge_method.strip().upper(), PurgeStyle(settings.purge_style.strip().lower()),
+                   parse_headers(settings.purge_headers), settings.purge_timeout)
 
 
 class PurgeFailed(Exception):

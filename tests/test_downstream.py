@@ -4,14 +4,24 @@ purge requests, and a real Varnish (deploy/varnish.vcl, vmod xkey) in front of a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gql import metrics
-from gql.config import ConfigError, Settings
-from gql.downstream import DownstreamHeaders, Freshness, PurgeConfig, Purger, PurgeStyle, PurgeTarget, SurrogateKeys, parse_headers
-from tests.support.servers import free_port
+from gql.config import ConfigError, Settings, parse_headers
+from gql.data import IndexHistory, IndexMeta, make_closes, write_index_file
+from gql.downstream import DownstreamHeaders, Freshness, PurgeConfig, Purger, PurgeStyle, PurgeTarget, SurrogateKeys
+from tests.support.http import ADMIN, ADMIN_TOKEN, REFRESH
+from tests.support.servers import free_port, running_server
+from tests.support.varnish import VARNISHD, Varnish
+from tests.support.waiting import wait_until
 
 # --- Cache-Control ---------------------------------------------------------------------------------------
 
@@ -181,3 +191,124 @@ async def test_a_purge_that_keeps_failing_is_logged_and_counted(monkeypatch, cap
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert f"http://127.0.0.1:{closed}/purge failed after 3 attempts" in record.getMessage()
     assert "p:data:v1" in record.getMessage()
+
+
+# --- a real Varnish (deploy/varnish.vcl) in front of a real server ------------------------------------------
+
+YIELDS = "{ yieldThisYear { code yieldPct lastDate } }"
+
+
+def _write(data_dir: Path, last_close: float) -> None:
+    dates = make_closes(["2023-12-29", "2024-01-02", "2024-01-03"], [100.0, 101.0, last_close])
+    write_index_file(data_dir, IndexHistory(IndexMeta("AAA", "Index AAA", "test"), dates))
+
+
+def _counter(base: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(httpx2.get(f"{base}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def _get(varnish: Varnish) -> httpx2.Response:
+    answer = httpx2.get(f"{varnish.base}/graphql", params={"query": YIELDS}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def _refresh(base: str) -> httpx2.Response:
+    answer = httpx2.post(f"{base}/graphql", json={"query": REFRESH}, headers=ADMIN, timeout=30)
+    assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
+    return answer
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    _write(directory, 102.0)
+    return directory
+
+
+@pytest.fixture
+def front(tmp_path: Path, own_redis, data_dir: Path):
+    """`front(**env)`: a server (GQL_* settings `env`) with a varnishd of its own in front; returns (server base, Varnish).
+    GQL_PURGE_URLS may name `{varnish}`, the Varnish's URL."""
+    if VARNISHD is None:
+        pytest.skip("varnishd is not installed: sh tests/ensure-varnish.sh")
+    with contextlib.ExitStack() as stack:
+
+        def start(**env: str) -> tuple[str, Varnish]:
+            port = free_port()
+            settings: dict[str, Any] = {k: v.format(varnish=f"http://127.0.0.1:{port}/") for k, v in env.items()}
+            settings |= {"GQL_DATA_DIR": str(data_dir), "GQL_ADMIN_TOKEN": ADMIN_TOKEN}
+            base = stack.enter_context(running_server(own_redis.url, **settings))
+            varnish = Varnish(tmp_path / "varnish", int(base.rpartition(":")[2]), port)
+            varnish.start()
+            stack.callback(varnish.stop)
+            return base, varnish
+
+        yield start
+
+
+def test_varnish_revalidates_the_default_no_cache_answers_with_a_304_each_time(front, data_dir):
+    base, varnish = front()
+    first = _get(varnish)
+    assert first.headers["x-cache"] == "MISS" and first.headers["cache-control"] == "public, no-cache"
+    assert "yieldThisYear" in first.headers["surrogate-key"] and "xkey" not in first.headers
+    time.sleep(2.1)  # so that the answer's Age shows whether a refresh replaced it
+    hits = _counter(base, "gql_response_cache_total", outcome="hit")
+    second = _get(varnish)
+    # Asked the service with If-None-Match, which answered from its stored response with a 304: Varnish kept the body.
+    assert second.headers["x-cache"] == "REVALIDATED" and int(second.headers["age"]) >= 2
+    assert second.json()["data"] == first.json()["data"]
+    assert _counter(base, "gql_response_cache_total", outcome="hit") == hits + 1
+    _refresh(varnish.base)  # POST is passed to the service
+    after = _get(varnish)
+    assert after.headers["x-cache"] == "REVALIDATED" and int(after.headers["age"]) <= 1  # the refreshed entry's age
+    version = first.json()["extensions"]["dataVersion"]
+    _write(data_dir, 150.0)  # new data: the service takes it up within a second, and Varnish asks it every time
+    wait_until(lambda: _get(varnish).json()["extensions"]["dataVersion"] != version, "Varnish answering the new data")
+    newest = _get(varnish).json()
+    assert newest["data"]["yieldThisYear"][0]["lastDate"] == "2024-01-03" and newest["data"] != first.json()["data"]
+
+
+def test_with_a_long_s_maxage_varnish_answers_alone_and_only_purges_make_it_fresh(front, data_dir):
+    base, varnish = front(GQL_HTTP_SHARED_MAX_AGE="3600", GQL_PURGE_URLS="{varnish}")
+    first = _get(varnish)
+    assert first.headers["x-cache"] == "MISS" and first.headers["cache-control"].startswith("public, max-age=0, s-maxage=36")
+    hits, misses = (_counter(base, "gql_response_cache_total", outcome=o) for o in ("hit", "miss"))
+    second = _get(varnish)
+    # Served by Varnish alone: a hit (two transaction ids), and the service saw no request.
+    assert second.headers["x-cache"] == "HIT" and len(second.headers["x-varnish"].split()) == 2
+    assert second.content == first.content
+    assert (_counter(base, "gql_response_cache_total", outcome="hit"), _counter(base, "gql_response_cache_total", outcome="miss")) == (hits, misses)
+    purged = _counter(base, "gql_downstream_purges_total", outcome="ok")
+    _refresh(base)  # straight to the service: its purge (awaited, bounded) is what reaches Varnish
+    assert _counter(base, "gql_downstream_purges_total", outcome="ok") == purged + 1
+    refreshed = _get(varnish)
+    assert refreshed.headers["x-cache"] == "MISS" and refreshed.json()["extensions"]["cache"][0]["ageSeconds"] < 1
+    assert _get(varnish).headers["x-cache"] == "HIT"
+    # New data, seen by the service's file watcher: the process that claims the change purges the old version.
+    version = first.json()["extensions"]["dataVersion"]
+    _write(data_dir, 150.0)
+    wait_until(lambda: httpx2.get(f"{base}/healthz", timeout=5).json()["data"]["version"] != version, "the service taking up the new data")
+    fresh = wait_until(lambda: (a := _get(varnish)).json()["extensions"]["dataVersion"] != version and a, "Varnish answering the new data", timeout=3)
+    assert fresh.json()["data"]["yieldThisYear"][0]["yieldPct"] != first.json()["data"]["yieldThisYear"][0]["yieldPct"]
+
+
+def test_a_purge_that_cannot_be_sent_does_not_fail_the_refresh_and_is_logged_and_counted(tmp_path, own_redis, data_dir):
+    closed = free_port()
+    log = tmp_path / "server.log"
+    with running_server(own_redis.url, GQL_DATA_DIR=str(data_dir), GQL_ADMIN_TOKEN=ADMIN_TOKEN,
+                        GQL_PURGE_URLS=f"http://127.0.0.1:{closed}/", log=log) as base:
+        began = time.monotonic()
+        answer = _refresh(base)
+        took = time.monotonic() - began
+        assert [r["target"] for r in answer.json()["data"]["refreshCache"]["refreshed"]] == ["INDEX_CHART", "YIELD_THIS_YEAR"]
+        wait_until(lambda: _counter(base, "gql_downstream_purges_total", outcome="failed") == 1, "the failed purge counted")
+        assert _counter(base, "gql_downstream_purges_total", outcome="ok") == 0
+    assert took < 2 + 1.5  # waited for the purge at most GQL_PURGE_TIMEOUT (2 s), plus the refresh itself
+    text = log.read_text()
+    assert f"purging downstream caches at http://127.0.0.1:{closed}/ failed after 3 attempts" in text, text[-2000:]
