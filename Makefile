@@ -22,6 +22,7 @@ $(CLIENTS)/node_modules/.package-lock.json: $(CLIENTS)/package-lock.json
 
 test: lint $(CLIENTS)/node_modules/.package-lock.json
 	sh tests/ensure-chromium.sh
+	sh tests/ensure-varnish.sh
 	$(PY) -m pytest
 
 # ruff and mypy, configured in pyproject.toml; `make test` runs them first.

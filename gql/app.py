@@ -38,7 +38,7 @@ from gql.schedule import parse_time_of_day, run_daily
 from gql.schema.build import build_schema
 from gql.schema.resolvers import Context
 from gql.schema.types import CacheTarget
-from gql.service import Service, warm_after_changes
+from gql.service import Service, purge_after_changes, warm_after_changes
 from gql.subscriptions import SocketLimits, SubscriptionsHandler, WebSocketAdapter
 from gql.workers import QueryWorkers
 
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             service.data.start()
         if settings.cache_enabled:
             tasks.append(asyncio.create_task(warm_after_changes(service), name="gql-warm-after-changes"))
+        if service.purger is not None:
+            tasks.append(asyncio.create_task(purge_after_changes(service), name="gql-purge-after-changes"))
         data = service.data
         log.info(
             "serving %d indexes from %s (data version %s); cache %s",

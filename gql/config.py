@@ -14,6 +14,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gql.schedule import parse_time_of_day
 
+# The longest freshness GQL_HTTP_* may give downstream caches (a year: more is no use to any cache).
+MAX_SECONDS = 365 * 86400
+# PURGE and BAN for Varnish (deploy/varnish.vcl takes both) and the like; POST for Fastly's purge API.
+PURGE_METHODS = ("PURGE", "BAN", "POST")
+PURGE_STYLES = ("surrogate", "cloudflare")  # gql/downstream.py, PurgeStyle
+
 if TYPE_CHECKING:
     from gql.db.tables import Names
 
@@ -150,6 +156,20 @@ class Settings:
     apq_ttl: float = 7 * 86400.0
     # Larger cached values are served but not stored.
     cache_max_entry_bytes: int = 32 * 1024 * 1024
+    # Downstream caches (browsers, proxies, CDNs; gql/downstream.py): seconds they may use an answer without asking,
+    # each capped at what the answer's entry has left (0, 0, 0: `public, no-cache`, revalidated with a 304 each time).
+    http_max_age: int = 0
+    http_shared_max_age: int = 0
+    http_stale_while_revalidate: int = 0
+    # Comma-separated URLs that refreshCache and new data versions send purge requests to (empty: none).
+    purge_urls: str = ""
+    purge_method: str = "PURGE"
+    # surrogate (xkey-purge / Surrogate-Key headers: Varnish, Fastly) or cloudflare (POST {"tags": [...]}).
+    purge_style: str = "surrogate"
+    # Extra headers of each purge request, "Name: value; Name2: value2" (an API token, say).
+    purge_headers: str = ""
+    # Bound of each purge attempt, in seconds; refreshCache waits for its purge at most this long.
+    purge_timeout: float = 2.0
     log_level: str = "info"
     log_json: bool = False
 
@@ -183,7 +203,7 @@ class Settings:
             self.cache_fail_safe_seconds, self.cache_fail_safe_retry_seconds, self.cache_lease_seconds, self.cache_ttl_jitter,
             self.cache_early_refresh, self.fault_compute_delay, 0.0 if self.cache_stale_seconds is None else self.cache_stale_seconds,
             self.ws_idle_seconds, self.ws_init_timeout, self.redis_soft_timeout, self.redis_refresh_wait,
-            self.view_lease_seconds,
+            self.view_lease_seconds, self.purge_timeout,
         )
         checks = [
             (all(math.isfinite(v) for v in seconds), "every GQL_* time, jitter or factor setting must be a finite number"),
@@ -236,6 +256,14 @@ class Settings:
             (self.response_memory_bytes >= 0, "GQL_RESPONSE_MEMORY_BYTES must be >= 0"),
             (self.apq_ttl > 0, "GQL_APQ_TTL must be a positive number of seconds"),
             (self.cache_max_entry_bytes >= 1024, "GQL_CACHE_MAX_ENTRY_BYTES must be at least 1024"),
+            *(
+                (0 <= value <= MAX_SECONDS, f"{name} must be a whole number of seconds from 0 to {MAX_SECONDS} (0: not sent)")
+                for name, value in (
+                    ("GQL_HTTP_MAX_AGE", self.http_max_age), ("GQL_HTTP_SHARED_MAX_AGE", self.http_shared_max_age),
+                    ("GQL_HTTP_STALE_WHILE_REVALIDATE", self.http_stale_while_revalidate),
+                )
+            ),
+            (0 < self.purge_timeout <= 30, "GQL_PURGE_TIMEOUT must be a number of seconds above 0, at most 30"),
         ]
         for ok, message in checks:
             if not ok:
@@ -252,6 +280,7 @@ class Settings:
                     raise ConfigError(f"{name}: {exc}") from None
         _check_redis_url(self.redis_url)
         self.redis_topology()
+        _check_purging(self)
         if self.database_url is not None:
             self._check_database()
 
@@ -318,6 +347,27 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _check_purging(settings: Settings) -> None:
+    """GQL_PURGE_* as gql/downstream.py reads them."""
+    for url in _split(settings.purge_urls):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"GQL_PURGE_URLS: {url!r} is not an http:// or https:// URL with a host; "
+                              "expected comma-separated URLs such as http://127.0.0.1:6081/")
+        try:
+            _ = parts.port  # ValueError when out of range
+        except ValueError:
+            raise ConfigError(f"GQL_PURGE_URLS: {url!r} has no valid port") from None
+    if settings.purge_method.strip().upper() not in PURGE_METHODS:
+        raise ConfigError(f"GQL_PURGE_METHOD={settings.purge_method!r} is not allowed; expected one of {', '.join(PURGE_METHODS)}")
+    if settings.purge_style.strip().lower() not in PURGE_STYLES:
+        raise ConfigError(f"GQL_PURGE_STYLE={settings.purge_style!r} is not a style; expected one of {', '.join(PURGE_STYLES)}")
+    try:
+        parse_headers(settings.purge_headers)
+    except ValueError as exc:
+        raise ConfigError(f"GQL_PURGE_HEADERS: {exc}; expected 'Name: value; Name2: value2'") from None
+
+
 def _check_redis_url(url: str) -> None:
     """REDIS_URL read by redis-py itself, as the cache will read it: a URL it refuses stops every command here."""
     import redis.asyncio
@@ -376,6 +426,22 @@ def without_password(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_headers(value: str) -> tuple[tuple[str, str], ...]:
+    """`Name: value; Name2: value2` (or one per line) as pairs; ValueError naming what is wrong."""
+    found = []
+    for part in (p.strip() for p in value.replace("\n", ";").split(";")):
+        if not part:
+            continue
+        name, sep, text = part.partition(":")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name):
+            raise ValueError(f"{part!r} is not 'Name: value'")
+        if "\r" in text:
+            raise ValueError(f"the value of {name} holds a line break")
+        found.append((name, text))
+    return tuple(found)
 
 
 def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:

@@ -70,6 +70,15 @@ WS_REFUSED = Counter(
     "subscribe messages refused (subscriptions: per connection; operation: a query or mutation)",
     ["reason"],
 )
+# Purge requests to downstream caches (gql/downstream.py), by final outcome (after up to 3 attempts).
+DOWNSTREAM_PURGES = Counter(
+    "gql_downstream_purges_total",
+    "Purge requests sent to downstream caches (GQL_PURGE_URLS), one per URL and purge: ok (a 2xx answer) or failed "
+    "(no 2xx answer after 3 attempts; logged with the URL and the reason)",
+    ["outcome"],
+)
+DOWNSTREAM_PURGES.labels("ok")  # shown as 0 until the first purge: a rate of failures is defined from the start
+DOWNSTREAM_PURGES.labels("failed")
 
 
 def exposition() -> bytes:

@@ -11,7 +11,8 @@ cache report (ages change with every request), last. The stored prefix is kept r
 stream ending on a byte boundary, so the gzip answer is that stream, a final *stored* (uncompressed)
 block with the report, and a CRC continued over the report: nothing is compressed on a hit.
 
-Also here: ETag / If-None-Match (304), Cache-Control and Age; persisted queries are in gql/apq.py.
+Also here: ETag / If-None-Match (304), Cache-Control and Age (what they say: gql/downstream.py); persisted queries
+are in gql/apq.py.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from gql.asgi import (
 from gql.cache import CacheState
 from gql.cache.keys import digest
 from gql.data import PriceStore
+from gql.downstream import DownstreamHeaders
 from gql.execution import Operation, execute
 from gql.feed import DATA_EPOCH
 from gql.logs import note, request_id
@@ -76,16 +78,6 @@ def response_key(shape: QueryShape, variables: Any, operation_name: str | None, 
         "code": CODE_VERSION,  # answers of older code are never served after a deploy
     }
     return digest(parts)
-
-
-def cache_headers(stored: StoredResponse, now: float, etag: str) -> dict[str, str]:
-    """The HTTP caching headers of a cacheable answer."""
-    return {
-        "cache-control": f"public, max-age={max(0, int(stored.expires - now))}",
-        "age": str(max(0, int(now - stored.created))),
-        "etag": etag,
-        "vary": "Accept-Encoding",
-    }
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -138,6 +130,7 @@ class ResponseCacheApp:
         self.apq_ttl = settings.apq_ttl
         self.max_batch = settings.max_batch
         self.ide = settings.graphiql
+        self.downstream = DownstreamHeaders.of(settings)
         clock = service.cache.policy.clock
         self._now = clock.now
         self._memory: LRU[str, _Remembered] = LRU(max_bytes=settings.response_memory_bytes, size=lambda r: _stored_size(r.stored))
@@ -318,7 +311,7 @@ class ResponseCacheApp:
             metrics.lookup(field, "hit")
         now = self._now()
         gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
-        headers = cache_headers(stored, now, f'"{stored.etag}-gz"' if gzip else f'"{stored.etag}"')
+        headers = self._cache_headers(stored, data_version, now, f'"{stored.etag}-gz"' if gzip else f'"{stored.etag}"')
         if etag_matches(request.headers.get("if-none-match"), stored.etag):
             await send_response(send, 304, b"", headers)
             return
@@ -355,7 +348,7 @@ class ResponseCacheApp:
             headers["cache-control"] = "no-store"
             await send_response(send, 200, answer.body, headers)
             return
-        headers.update(cache_headers(stored, self._now(), f'"{stored.etag}"'))
+        headers.update(self._cache_headers(stored, snapshot.version, self._now(), f'"{stored.etag}"'))
         if etag_matches(request.headers.get("if-none-match"), stored.etag):
             await send_response(send, 304, b"", headers)
         else:
@@ -369,6 +362,10 @@ class ResponseCacheApp:
                 self._background(self.workers.store(key, generations, stored))
             else:
                 self._background(self._store(key, generations, local, stored))
+
+    def _cache_headers(self, stored: StoredResponse, data_version: str, now: float, etag: str) -> dict[str, str]:
+        """The HTTP caching headers of a cacheable answer, for downstream caches (gql/downstream.py)."""
+        return self.downstream.headers(stored.field_names, data_version, stored.expires, stored.created, now, etag)
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)

@@ -22,12 +22,13 @@ from gql import analytics
 from gql.cache import CacheResult, CacheState, CacheStatus, ComputationError, ResultCache
 from gql.config import Settings
 from gql.data import PriceStore
+from gql.downstream import REPEAT_AFTER_SECONDS, Purger
 from gql.errors import COMPUTATION_FAILED, REDIS_UNAVAILABLE, ApiError, UserInputError
 from gql.feed import DATA_EPOCH, DataChange, DataFeed
 from gql.logs import request_id
 from gql.schedule import parse_time_of_day, seconds_until_publication
 from gql.schema.arguments import chart_arguments, yield_arguments
-from gql.schema.types import CACHED_FIELDS, CHART_NAMESPACE, YIELD_NAMESPACE, CacheTarget
+from gql.schema.types import CACHED_FIELDS, CHART_NAMESPACE, TARGET_FIELDS, YIELD_NAMESPACE, CacheTarget
 from gql.versions import CODE_VERSION
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Service:
         self.pool = pool if pool is not None else ThreadPoolExecutor(
             max_workers=settings.compute_threads, thread_name_prefix="gql-compute"
         )
+        # Purges of downstream caches (GQL_PURGE_URLS; None: there are none to purge).
+        self.purger = Purger.of(settings)
 
     async def load(self) -> None:
         """Load the data (DataError when it cannot be used); the file watcher is started apart (`feed.start`)."""
@@ -77,6 +80,8 @@ class Service:
             await asyncio.wait_for(self.cache.drain(), timeout=2.0)
         except TimeoutError:
             pass
+        if self.purger is not None:
+            await self.purger.drain(self.settings.purge_timeout)
         await self.cache.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -168,7 +173,9 @@ class Service:
 
         Bumping the data epoch makes every process that reads Redis look at the source before its next
         answer. With `invalidate=False` it only computes the default variants that are not cached yet (warming).
+        Then downstream caches are purged of the targets' answers (and of the data replaced, if it was).
         """
+        previous = self.data.current.version
         store = await self.data.sync()
         reached = True
         if invalidate:
@@ -200,7 +207,17 @@ class Service:
                 "the refresh there first. Send it again once /healthz says the cache is ok",
                 code=REDIS_UNAVAILABLE,
             )
+        if invalidate and self.purger is not None:
+            await self._purge_refreshed(targets, previous if previous != store.version else None)
         return Refreshed(store, done)
+
+    async def _purge_refreshed(self, targets: Sequence[CacheTarget], replaced: str | None) -> None:
+        """After a refresh is done, everywhere: downstream caches then fetch what every process answers now.
+        The caller waits for the first attempts (GQL_PURGE_TIMEOUT at most); retries go on in the background."""
+        assert self.purger is not None
+        keys = self.purger.keys
+        names = [keys.field(TARGET_FIELDS[t]) for t in targets] + ([keys.data(replaced)] if replaced is not None else [])
+        await self.purger.purge(names, wait=self.settings.purge_timeout)
 
 
 # Warming waits until the data has been quiet this long: an ETL job committing index after index (or day
@@ -234,6 +251,27 @@ async def warm_after_changes(service: Service, quiet: float = WARM_QUIET_SECONDS
                 log.exception("computing the default variants of data version %s failed; they are computed on first use", change.version)
     finally:
         listener.cancel()
+
+
+# Claims of a data change's purge live this long: every process takes up a change within about a second.
+PURGE_CLAIM_SECONDS = 60.0
+
+
+async def purge_after_changes(service: Service) -> None:
+    """After each new data version this process takes up, purge downstream caches of the version it replaced: once
+    for the fleet (the first process to claim the change in Redis; each, while Redis is away), in the background,
+    and once more a moment later for answers of the old version given meanwhile by processes slower to take it up."""
+    purger, raw = service.purger, service.cache.raw
+    assert purger is not None
+    async for change in service.data.changes():
+        try:
+            if not await raw.claim(raw.keys.downstream_purge(change.previous, change.version), PURGE_CLAIM_SECONDS):
+                continue
+            replaced = [purger.keys.data(change.previous)]
+            await purger.purge(replaced)
+            purger.purge_later(replaced, REPEAT_AFTER_SECONDS)
+        except Exception:
+            log.exception("purging downstream caches of data version %s failed", change.previous)
 
 
 def _with_faults(delay: float, fail_file: Path | None, fn: Callable[..., Any], *args: Any) -> Any:

@@ -13,6 +13,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -51,6 +52,11 @@ class StoredResponse:
     def from_meta(cls, meta: dict[str, Any], raw: bytes, deflated: bytes) -> StoredResponse:
         fields = tuple((str(p), str(f), float(c), float(t)) for p, f, c, t in meta["fields"])
         return cls(str(meta["etag"]), fields, raw, deflated, int(meta["crc"]))
+
+    @cached_property
+    def field_names(self) -> tuple[str, ...]:
+        """The cached fields of the answer, each once, sorted (its surrogate keys name them)."""
+        return tuple(sorted({field for _, field, _, _ in self.fields}))
 
     @property
     def expires(self) -> float:

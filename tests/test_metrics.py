@@ -60,7 +60,7 @@ def test_every_metric_is_declared_with_its_type(client):
         "gql_cache_leases": "counter", "gql_cache_redis_up": "gauge", "gql_cache_breaker_state": "gauge",
         "gql_cache_breaker_opened": "counter", "gql_cache_unreplicated_refreshes": "counter",
         "gql_ws_connections": "gauge", "gql_subscriptions": "gauge", "gql_ws_refused": "counter",
-        "gql_response_view_hits": "counter", "gql_view_wait_seconds": "histogram",
+        "gql_response_view_hits": "counter", "gql_view_wait_seconds": "histogram", "gql_downstream_purges": "counter",
     }
 
 

@@ -29,6 +29,7 @@ current one. A value of an older generation is a miss, never a hit.
 | `<p>:response:{<digest>}:<etag>:raw|deflate` | its bodies, named by the ETag the meta gives (so never another answer's) |
 | `<p>:apq:<sha256>` | an Automatic Persisted Query's text |
 | `<p>:scheduled-refresh:<slot>` | the claim of the process that runs a scheduled refresh |
+| `<p>:downstream-purge:<old>:<new>` | the claim of the process that purges downstream caches of a data change (gql/downstream.py) |
 | `<p>:filled` (channel) | "a computation ended" messages, `<entry key>|<outcome>`; invalidations, `<generation key>|<generation>` |
 | | and, for the views, `<p>:view|<sequence> <previous> <namespace> <generation>` |
 
@@ -111,6 +112,9 @@ class Keys:
 
     def scheduled_refresh(self, slot: str) -> str:
         return f"{self.prefix}:scheduled-refresh:{slot}"
+
+    def downstream_purge(self, previous: str, version: str) -> str:
+        return f"{self.prefix}:downstream-purge:{previous}:{version}"
 
     def refresh_topic(self, key: EntryKey) -> str:
         """What the end of a refresh of `key` is announced as on the channel."""

@@ -52,6 +52,10 @@ class CacheTarget(enum.Enum):
     YIELD_THIS_YEAR = "YIELD_THIS_YEAR"
 
 
+# The cached field (namespace) each target recomputes.
+TARGET_FIELDS = {CacheTarget.INDEX_CHART: CHART_NAMESPACE, CacheTarget.YIELD_THIS_YEAR: YIELD_NAMESPACE}
+
+
 @strawberry.type(description="A market index in the data set.")
 class IndexInfo:
     code: str
