@@ -236,7 +236,7 @@ def front(tmp_path: Path, own_redis, data_dir: Path):
     """`front(**env)`: a server (GQL_* settings `env`) with a varnishd of its own in front; returns (server base, Varnish).
     GQL_PURGE_URLS may name `{varnish}`, the Varnish's URL."""
     if VARNISHD is None:
-        pytest.skip("varnishd is not installed: sh tests/ensure-varnish.sh")
+        pytest.fail("varnishd is not installed: run sh tests/ensure-varnish.sh (make test and .ci/run do)")
     with contextlib.ExitStack() as stack:
 
         def start(**env: str) -> tuple[str, Varnish]:
