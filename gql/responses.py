@@ -37,6 +37,7 @@ from gql.asgi import (
     replaying,
     rewritten,
     send_json,
+    send_parts,
     send_response,
     with_default_headers,
 )
@@ -60,7 +61,7 @@ from gql.protocol import (
 )
 from gql.schema.types import CACHED_FIELDS
 from gql.service import Service
-from gql.stored import DEFLATE, RAW, StoredResponse, body_tail, gzip_body
+from gql.stored import DEFLATE, RAW, StoredResponse, body_tail, gzip_parts
 from gql.versions import CODE_VERSION
 from gql.workers import Job, QueryWorkers
 
@@ -319,12 +320,12 @@ class ResponseCacheApp:
         note(cache=report)
         tail = body_tail(report, data_version)
         if gzip:
-            body = gzip_body(stored.deflated, stored.crc, len(stored.raw), tail)
+            parts: tuple[bytes, ...] = gzip_parts(stored.deflated, stored.crc, len(stored.raw), tail)
             headers["content-encoding"] = "gzip"
         else:
-            body = stored.raw + tail
+            parts = (stored.raw, tail)
         headers["content-type"] = "application/json"
-        await send_response(send, 200, body, headers)
+        await send_parts(send, 200, parts, headers)
 
     # -- misses ---------------------------------------------------------------------------------------
 

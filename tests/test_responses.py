@@ -5,12 +5,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import time
+import uuid
 
+import httpx2
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from gql.asgi import JOIN_BELOW
 from tests.support.http import ADMIN, CHART, REFRESH, YIELD, data_version_of, statuses
+from tests.support.servers import running_server
 from tests.support.waiting import wait_until
 
 SMALL = '{ yieldThisYear(codes: ["HSI", "000300"]) { code yieldPct lastDate } }'
@@ -232,3 +236,20 @@ def test_while_redis_is_away_answers_are_kept_in_process_and_a_refresh_still_hol
     back = post(client, SMALL)
     assert client.app.state.service.cache.state.value == "ok" and statuses(back.json()) == ["MISS"]
     assert not client.app.state.responses._degraded
+
+
+def test_a_large_hit_sent_in_parts_arrives_whole_over_http(redis_server):
+    """A stored body above gql.asgi.JOIN_BELOW goes out as several body messages (no copy of it per hit): uvicorn
+    must still send one well-formed answer, its Content-Length the sum, plain and gzip."""
+    body = {"query": CHART, "variables": {"f": "DAILY"}}
+    prefix = f"parts-{uuid.uuid4().hex[:8]}"
+    with running_server(redis_server.url, GQL_CACHE_PREFIX=prefix) as base, httpx2.Client(base_url=base, timeout=60) as http:
+        missed = http.post("/graphql", json=body, headers={"accept-encoding": "identity"})
+        wait_until(lambda: statuses(http.post("/graphql", json=body).json()) == ["HIT"], "a hit")
+        plain = http.post("/graphql", json=body, headers={"accept-encoding": "identity"})
+        zipped = http.post("/graphql", json=body, headers={"accept-encoding": "gzip"})
+    assert len(plain.content) > JOIN_BELOW and statuses(plain.json()) == ["HIT"]
+    assert int(plain.headers["content-length"]) == len(plain.content)
+    assert plain.json()["data"] == missed.json()["data"]
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.json()["data"] == missed.json()["data"]
+    assert int(zipped.headers["content-length"]) == zipped.num_bytes_downloaded
