@@ -162,7 +162,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             for task in tasks:
                 task.cancel()
-            await graphql.drain()
+            with contextlib.suppress(TimeoutError):  # answers still being stored get a moment, not for ever
+                await asyncio.wait_for(graphql.drain(), timeout=5.0)
             if workers is not None:
                 workers.close()
             await service.close()

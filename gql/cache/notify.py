@@ -12,6 +12,8 @@ from typing import Protocol
 from gql.cache.redis_link import REDIS_FAILURES, RedisLink
 
 log = logging.getLogger("gql.cache")
+# How long close() waits for its tasks to end once cancelled.
+CLOSE_SECONDS = 2.0
 
 
 class Watcher(Protocol):
@@ -96,12 +98,14 @@ class Notifications:
         return remaining_ms / 1000 + 0.01 if self.listening.is_set() else 0.05
 
     async def close(self) -> None:
+        # Bounded: a task that missed its cancellation (see view.py's keeper) must not hold the shutdown for ever.
         if self._listener is not None:
             self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await asyncio.wait({self._listener}, timeout=CLOSE_SECONDS)
         for task in list(self._handling):
             task.cancel()
-        await asyncio.gather(*self._handling, return_exceptions=True)
+        if self._handling:
+            await asyncio.wait(set(self._handling), timeout=CLOSE_SECONDS)
 
     def ensure_listening(self) -> None:
         """Subscribe (in the background) if not yet: started when this process first waits."""

@@ -57,6 +57,7 @@ class LocalView:
         self._listening = False
         self._wake = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
+        self._closing = False
         self._moves = 0  # how many times `applied` moved (a renewal's answer may race the messages)
 
     # --- what requests ask ---------------------------------------------------------------------------
@@ -111,10 +112,15 @@ class LocalView:
 
     async def _keep(self) -> None:
         """Renew the lease a few times per lease, and at once when a message asks for an acknowledgement."""
-        while True:
+        # Python 3.11's wait_for returns the result, swallowing a cancellation, when the awaited event is set in
+        # the same moment (gh-86296; close() then waited for ever): asyncio.timeout, and the flag close() sets.
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.lease / 4)
+                async with asyncio.timeout(self.lease / 4):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             if not self._listening or not self._link.in_use:
                 self._deadline = 0.0
                 if not self._link.in_use:
@@ -157,9 +163,11 @@ class LocalView:
 
     async def close(self) -> None:
         self._deadline = 0.0
+        self._closing = True
         if self._keeper is not None:
             self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._wake.set()
+            await asyncio.wait({self._keeper}, timeout=self.lease)  # bounded, whatever the keeper is waiting on
             self._keeper = None
             if self._link.in_use:
                 with contextlib.suppress(*REDIS_FAILURES):
