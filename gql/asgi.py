@@ -86,20 +86,18 @@ async def send_json(send: Send, status: int, payload: dict[str, Any], headers: d
 JOIN_BELOW = 64 * 1024
 
 
-async def send_parts(send: Send, status: int, parts: Sequence[bytes], headers: dict[str, str]) -> None:
-    """A 200 answer whose body is `parts` in order: a stored body of megabytes and its per-request tail are sent
-    as two messages rather than copied into one (one memcpy of the whole body less per hit)."""
+async def send_encoded(send: Send, status: int, parts: Sequence[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    """A hit's answer: the body is `parts` in order, a stored body of megabytes and its per-request tail sent as
+    separate messages above JOIN_BELOW rather than copied into one (one memcpy of the whole body less per hit). The
+    headers come as ASGI carries them (lower-case latin-1 bytes, no Content-Length), their constant parts encoded
+    once. A 304 has no body (and no Content-Length)."""
     length = sum(len(part) for part in parts)
-    if length < JOIN_BELOW:
-        await send_response(send, status, b"".join(parts), headers)
+    if status != 304:
+        headers.append((b"content-length", str(length).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if status == 304 or length < JOIN_BELOW:
+        await send({"type": "http.response.body", "body": b"" if status == 304 else b"".join(parts)})
         return
-    headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
-    headers["content-length"] = str(length)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-    })
     last = len(parts) - 1
     for number, part in enumerate(parts):
         await send({"type": "http.response.body", "body": part, "more_body": number < last})

@@ -92,6 +92,7 @@ class DownstreamHeaders:
         self._constant = freshness.cache_control(0, 0) if freshness == Freshness() else None
         # Answers of one query shape name the same fields and, until the data changes, the same version.
         self._tags = lru_cache(maxsize=256)(self._tag_headers)
+        self._encoded = lru_cache(maxsize=256)(self._encode)
 
     def headers(self, fields: tuple[str, ...], data_version: str, expires: float, created: float, now: float, etag: str) -> dict[str, str]:
         """Cache-Control, Age, ETag, Vary and the surrogate keys; `fields`: the answer's cached fields, sorted."""
@@ -106,6 +107,21 @@ class DownstreamHeaders:
             "surrogate-key": surrogate,
             "cache-tag": tags,
         }
+
+    def encoded(self, fields: tuple[str, ...], data_version: str, expires: float, created: float, now: float,
+                etag: bytes) -> list[tuple[bytes, bytes]]:
+        """`headers` as the ASGI message carries them (names lower case, latin-1 bytes), for the hit path: the
+        constant parts are encoded once, not per request."""
+        age = max(0, int(now - created))
+        constant, surrogate, tags = self._encoded(fields, data_version)
+        control = constant or self.freshness.cache_control(max(0, int(expires - now)), age).encode("latin-1")
+        return [(b"cache-control", control), (b"age", str(age).encode()), (b"etag", etag), (b"vary", b"Accept-Encoding"),
+                (b"surrogate-key", surrogate), (b"cache-tag", tags)]
+
+    def _encode(self, fields: tuple[str, ...], data_version: str) -> tuple[bytes | None, bytes, bytes]:
+        surrogate, tags = self._tags(fields, data_version)
+        constant = self._constant.encode("latin-1") if self._constant else None
+        return constant, surrogate.encode("latin-1"), tags.encode("latin-1")
 
     def _tag_headers(self, fields: tuple[str, ...], data_version: str) -> tuple[str, str]:
         names = [*(self.keys.field(f) for f in fields), self.keys.data(data_version)]

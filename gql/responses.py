@@ -36,8 +36,8 @@ from gql.asgi import (
     json_content_type,
     replaying,
     rewritten,
+    send_encoded,
     send_json,
-    send_parts,
     send_response,
     with_default_headers,
 )
@@ -312,20 +312,22 @@ class ResponseCacheApp:
             metrics.lookup(field, "hit")
         now = self._now()
         gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
-        headers = self._cache_headers(stored, data_version, now, f'"{stored.etag}-gz"' if gzip else f'"{stored.etag}"')
+        etag = f'"{stored.etag}-gz"' if gzip else f'"{stored.etag}"'
+        headers = self.downstream.encoded(stored.field_names, data_version, stored.expires, stored.created, now,
+                                          etag.encode("latin-1"))
         if etag_matches(request.headers.get("if-none-match"), stored.etag):
-            await send_response(send, 304, b"", headers)
+            await send_encoded(send, 304, (), headers)
             return
         report = stored.report(now)
         note(cache=report)
         tail = body_tail(report, data_version)
         if gzip:
             parts: tuple[bytes, ...] = gzip_parts(stored.deflated, stored.crc, len(stored.raw), tail)
-            headers["content-encoding"] = "gzip"
+            headers.append((b"content-encoding", b"gzip"))
         else:
             parts = (stored.raw, tail)
-        headers["content-type"] = "application/json"
-        await send_parts(send, 200, parts, headers)
+        headers.append((b"content-type", b"application/json"))
+        await send_encoded(send, 200, parts, headers)
 
     # -- misses ---------------------------------------------------------------------------------------
 

@@ -63,6 +63,16 @@ def test_headers_name_the_fields_and_the_data_version_as_surrogate_keys():
     assert got["cache-control"] == "public, no-cache" and got["age"] == "100" and got["cache-tag"] == "p:yieldThisYear,p:data:v2"
 
 
+@pytest.mark.parametrize("freshness", [Freshness(), Freshness(shared_max_age=600), Freshness(30, 600, 60)])
+def test_the_hit_paths_encoded_headers_are_the_same_headers(freshness):
+    """The hit path sends DownstreamHeaders.encoded (constant parts encoded once): the same as `headers`, as bytes."""
+    headers = DownstreamHeaders(freshness, SurrogateKeys("gql"))
+    for now in (1100.0, 1100.5, 1250.0, 1400.0):  # the second call of a kind comes from the encoded cache
+        args = (("indexChart", "yieldThisYear"), "v1", 1300.0, 1000.0, now)
+        expected = [(k.encode(), v.encode()) for k, v in headers.headers(*args, etag='"e"').items()]
+        assert headers.encoded(*args, etag=b'"e"') == expected
+
+
 # --- settings --------------------------------------------------------------------------------------------
 
 
