@@ -10,7 +10,7 @@ import logging.config
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -47,25 +47,23 @@ def note(**fields: object) -> None:
 
 
 def log_request(scope: Mapping[str, Any], summary: dict[str, Any], seconds: float) -> None:
-    fields = {
-        "method": scope.get("method"),
-        "path": scope.get("path"),
-        "status": summary.get("status"),
-        "duration_ms": round(seconds * 1000, 2),
-        **{k: v for k, v in summary.items() if k != "status"},
-    }
+    method, path, status, duration = scope.get("method"), scope.get("path"), summary.get("status"), round(seconds * 1000, 2)
     # The cache report (gql.schema.report.FieldReport entries), as clients see it in extensions.cache.
-    report = fields.get("cache") or ()
-    if "cache" in fields:
-        fields["cache"] = [entry.as_json() for entry in report]
+    report = summary.get("cache") or ()
     cache = ",".join(f"{entry.path}:{entry.status.value}" for entry in report)
-    text = (
-        f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']}ms"
-        f" operation={fields.get('operation') or '-'} cache={cache or '-'}"
-    )
+    text = f"{method} {path} {status} {duration}ms operation={summary.get('operation') or '-'} cache={cache or '-'}"
+
+    def fields() -> dict[str, Any]:
+        """The line's structured fields (JSON lines, and any handler but ours): built only when one needs them."""
+        found = {"method": method, "path": path, "status": status, "duration_ms": duration,
+                 **{k: v for k, v in summary.items() if k != "status"}}
+        if "cache" in found:
+            found["cache"] = [entry.as_json() for entry in report]
+        return found
+
     handlers = _direct_handlers()
     if handlers is None:
-        access_log.info(text, extra={"fields": fields})
+        access_log.info(text, extra={"fields": fields()})
         return
     # What logging would write through these handlers, without a LogRecord, a filter or a Formatter call.
     now = time.time()
@@ -74,7 +72,7 @@ def log_request(scope: Mapping[str, Any], summary: dict[str, Any], seconds: floa
         if json_lines:
             line = _json_line(
                 {"time": _seconds_text(now, _JSON_TIME), "level": "info", "logger": _ACCESS, "request_id": rid, "message": text,
-                 **fields}
+                 **fields()}
             )
         else:
             line = f"{_seconds_text(now, _TEXT_TIME)},{int((now - int(now)) * 1000):03d} INFO [{rid}] {_ACCESS}: {text}"
@@ -134,13 +132,13 @@ def _direct_handlers() -> list[tuple[logging.StreamHandler, bool]] | None:
     return found
 
 
-def _write(handler: logging.StreamHandler, line: str, text: str, fields: dict[str, Any]) -> None:
+def _write(handler: logging.StreamHandler, line: str, text: str, fields: Callable[[], dict[str, Any]]) -> None:
     handler.acquire()
     try:
         handler.stream.write(line + handler.terminator)
         handler.flush()
     except Exception:  # noqa: BLE001  # as StreamHandler.emit: logging's own report of a failed write, never the request's failure
-        handler.handleError(access_log.makeRecord(_ACCESS, logging.INFO, "", 0, text, (), None, extra={"fields": fields}))
+        handler.handleError(access_log.makeRecord(_ACCESS, logging.INFO, "", 0, text, (), None, extra={"fields": fields()}))
     finally:
         handler.release()
 
