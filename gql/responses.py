@@ -30,7 +30,7 @@ from strawberry.schema.base import BaseSchema
 
 from gql import metrics
 from gql import stored as stored_entries
-from gql.apq import resolve_persisted_query
+from gql.apq import known_queries, resolve_persisted_query
 from gql.asgi import (
     GraphQLRequest,
     json_content_type,
@@ -129,6 +129,7 @@ class ResponseCacheApp:
         self.enabled = settings.response_cache
         self.max_entry_bytes = settings.cache_max_entry_bytes
         self.apq_ttl = settings.apq_ttl
+        self._persisted = known_queries()
         self.max_batch = settings.max_batch
         self.ide = settings.graphiql
         self.downstream = DownstreamHeaders.of(settings)
@@ -169,7 +170,7 @@ class ResponseCacheApp:
             scope = json_content_type(scope) if request is not None else scope
             await self.app(scope, replaying(receive, body), with_default_headers(send, _NO_STORE))
             return
-        refusal = await resolve_persisted_query(request, self.raw, self.apq_ttl)
+        refusal = await resolve_persisted_query(request, self.raw, self.apq_ttl, self._persisted)
         if refusal is not None:
             await send_json(send, 200, refusal, {"cache-control": "no-store"})
             return

@@ -183,6 +183,24 @@ def test_persisted_queries(client):
     assert posted.json()["data"] == registered.json()["data"]
 
 
+def test_a_hash_this_process_has_seen_needs_no_redis_read(own_redis, make_client):
+    """A hash names one text for ever: once a process has seen it, a hash-only GET (what the dashboard and Apollo
+    send) resolves in the process; a hash it has not seen is still looked up in Redis."""
+    client = make_client(redis_url=own_redis.url)
+    seen, other = SMALL, "{ yieldThisYear { code } }"
+    for text in (seen, other):  # both registered in Redis
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        own_redis.client().set(client.app.state.responses.raw.keys.persisted_query(digest), text)
+    asked = {"extensions": orjson.dumps({"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(seen.encode()).hexdigest()}}).decode()}
+    first = client.get("/graphql", params=asked).json()  # read from Redis, then known here
+    assert first["data"]["yieldThisYear"]
+    own_redis.client().flushall()  # Redis forgot both
+    again = client.get("/graphql", params=asked).json()
+    assert again["data"] == first["data"]
+    unseen = {"extensions": orjson.dumps({"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(other.encode()).hexdigest()}}).decode()}
+    assert client.get("/graphql", params=unseen).json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+
 def test_persisted_query_hash_must_match(client):
     extensions = {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}
     error = client.post("/graphql", json={"query": SMALL, "extensions": extensions}).json()["errors"][0]
