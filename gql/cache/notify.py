@@ -6,14 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from gql.cache.redis_link import REDIS_FAILURES, RedisLink
 
 log = logging.getLogger("gql.cache")
 # How long close() waits for its tasks to end once cancelled.
 CLOSE_SECONDS = 2.0
+
+
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel `tasks` and wait for them, bounded: one that missed its cancellation (see view.py's keeper) must
+    not hold the shutdown for ever."""
+    pending = set(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_SECONDS)
 
 
 class Watcher(Protocol):
@@ -98,14 +108,8 @@ class Notifications:
         return remaining_ms / 1000 + 0.01 if self.listening.is_set() else 0.05
 
     async def close(self) -> None:
-        # Bounded: a task that missed its cancellation (see view.py's keeper) must not hold the shutdown for ever.
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.wait({self._listener}, timeout=CLOSE_SECONDS)
-        for task in list(self._handling):
-            task.cancel()
-        if self._handling:
-            await asyncio.wait(set(self._handling), timeout=CLOSE_SECONDS)
+        await cancel_all([self._listener] if self._listener is not None else [])
+        await cancel_all(self._handling)
 
     def ensure_listening(self) -> None:
         """Subscribe (in the background) if not yet: started when this process first waits."""

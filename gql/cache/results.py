@@ -44,7 +44,7 @@ from gql.cache.generations import KnownGenerations
 from gql.cache.keys import EntryKey, Keys
 from gql.cache.leases import Leases, Outcome
 from gql.cache.local import LocalCache
-from gql.cache.notify import CLOSE_SECONDS, Notifications
+from gql.cache.notify import Notifications, cancel_all
 from gql.cache.policy import EntryPolicy
 from gql.cache.raw import RawStore
 from gql.cache.redis_link import RedisLink, Unavailable, milliseconds
@@ -106,10 +106,7 @@ class ResultCache:
     async def close(self) -> None:
         await self.view.close()
         await self._notify.close()
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=CLOSE_SECONDS)
+        await cancel_all(self._background)
         await self.link.close()
 
     async def warm(self, connections: int = 8) -> None:
