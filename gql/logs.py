@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import contextvars
 import itertools
 import json
@@ -132,15 +135,62 @@ def _direct_handlers() -> list[tuple[logging.StreamHandler, bool]] | None:
     return found
 
 
+# --- batched writes -------------------------------------------------------------------------------------
+# One write (a system call, which also lets other threads take the GIL) per access line cost a busy server more
+# than building the line: with the log on a file rather than /dev/null a hit took 15 µs more (146 µs; wrk on one
+# `gql serve` worker), and the line as a whole 31 µs; batched, the line costs 13 µs and the file no more than
+# /dev/null. On the event loop, lines wait in `_pending` and go out in one write at the
+# end of the loop's iteration (`call_soon`): under load the lines of every request that ended meanwhile, at
+# rest at once. Any other record through one of our handlers (RequestIdFilter) writes the waiting lines first,
+# so the order of lines stays the order of events; exit writes what is left.
+
+_pending: dict[logging.StreamHandler, list[tuple[str, str, Callable[[], dict[str, Any]]]]] = {}
+# The loop a flush is scheduled on (None: none is): a loop closed before running it does not stop the next one's.
+_flush_on: asyncio.AbstractEventLoop | None = None
+
+
 def _write(handler: logging.StreamHandler, line: str, text: str, fields: Callable[[], dict[str, Any]]) -> None:
+    global _flush_on
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on an event loop (the CLI, a thread): written now
+        _write_now(handler, [(line, text, fields)])
+        return
+    with handler.lock or contextlib.nullcontext():
+        _pending.setdefault(handler, []).append((line, text, fields))
+    if _flush_on is not loop:
+        _flush_on = loop
+        loop.call_soon(flush_access_lines)
+
+
+def flush_access_lines() -> None:
+    """Write the access lines waiting (called at the end of the loop's iteration, before other records, at exit)."""
+    global _flush_on
+    _flush_on = None
+    for handler in list(_pending):
+        _flush_handler(handler)
+
+
+def _flush_handler(handler: logging.StreamHandler) -> None:
+    with handler.lock or contextlib.nullcontext():
+        waiting = _pending.pop(handler, None)
+        if waiting:
+            _write_now(handler, waiting)
+
+
+def _write_now(handler: logging.StreamHandler, lines: list[tuple[str, str, Callable[[], dict[str, Any]]]]) -> None:
     handler.acquire()
     try:
-        handler.stream.write(line + handler.terminator)
+        handler.stream.write("".join(line + handler.terminator for line, _, _ in lines))
         handler.flush()
     except Exception:  # noqa: BLE001  # as StreamHandler.emit: logging's own report of a failed write, never the request's failure
-        handler.handleError(access_log.makeRecord(_ACCESS, logging.INFO, "", 0, text, (), None, extra={"fields": fields()}))
+        for _, text, fields in lines:
+            handler.handleError(access_log.makeRecord(_ACCESS, logging.INFO, "", 0, text, (), None, extra={"fields": fields()}))
     finally:
         handler.release()
+
+
+atexit.register(flush_access_lines)  # after logging's own exit hook was registered: so it runs before it
 
 
 def _json_line(entry: dict[str, Any]) -> str:
@@ -167,6 +217,8 @@ def install_record_factory() -> None:
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if _pending:  # access lines still waiting for their write: before this record, in the order of events
+            flush_access_lines()
         record.request_id = request_id.get()
         return True
 

@@ -3,6 +3,7 @@ access-log line per request with its fields, and JSON lines, in-process and from
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -242,3 +243,74 @@ def test_a_format_of_its_own_gets_the_access_line_through_logging():
         log_one("other-1")
     assert len(made) == 1
     assert stream.getvalue() == "INFO POST /graphql 200 0.51ms operation=Dash cache=ytd:HIT\n"
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each one a system call on a real file)."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_on_the_event_loop_access_lines_go_out_in_one_write_per_iteration_and_in_order():
+    """Lines logged during one iteration of the loop wait and are written together once it ends; a record of any
+    other logger through the same handler writes the waiting lines first, so the order of events is kept."""
+    formatter = logging.Formatter(logging_config("info")["formatters"]["default"]["format"])
+    with access_handler(formatter) as (stream, _):
+        counting = CountingStream()
+        handler = access_log.handlers[0]
+        handler.setStream(counting)
+        other = logging.getLogger("gql.test-order")
+        other.addHandler(handler)
+        other.propagate = False
+
+        async def requests() -> None:
+            for number in range(3):
+                log_one(f"batch-{number}")
+            assert counting.getvalue() == ""  # waiting for the end of this iteration
+            await asyncio.sleep(0)
+            assert counting.writes == 1 and counting.getvalue().count("\n") == 3
+            log_one("before-warning")
+            other.warning("something else happened")
+            log_one("after-warning")
+            await asyncio.sleep(0)
+
+        try:
+            asyncio.run(requests())
+        finally:
+            other.removeHandler(handler)
+    lines = counting.getvalue().splitlines()
+    assert [next(w for w in ("batch-0", "batch-1", "batch-2", "before-warning", "something else", "after-warning") if w in line)
+            for line in lines] == ["batch-0", "batch-1", "batch-2", "before-warning", "something else", "after-warning"]
+
+
+def test_off_the_event_loop_an_access_line_is_written_at_once():
+    formatter = logging.Formatter(logging_config("info")["formatters"]["default"]["format"])
+    with access_handler(formatter) as (stream, _):
+        log_one("no-loop")
+        assert "no-loop" in stream.getvalue()
+
+
+def test_a_loop_closed_before_its_flush_does_not_hold_the_next_loops_lines():
+    formatter = logging.Formatter(logging_config("info")["formatters"]["default"]["format"])
+    with access_handler(formatter) as (stream, _):
+        async def log_and_stop() -> None:
+            log_one("closed-loop")
+            asyncio.get_running_loop().stop()  # the flush scheduled by the line never runs
+            await asyncio.sleep(1)
+
+        loop = asyncio.new_event_loop()
+        with pytest.raises(RuntimeError, match="stopped before"):
+            loop.run_until_complete(log_and_stop())
+        loop.close()
+        assert "closed-loop" not in stream.getvalue()
+
+        async def next_request() -> None:
+            log_one("next-loop")
+            await asyncio.sleep(0)
+
+        asyncio.run(next_request())
+        assert "closed-loop" in stream.getvalue() and "next-loop" in stream.getvalue()
