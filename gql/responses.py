@@ -68,6 +68,8 @@ from gql.workers import Job, QueryWorkers
 log = logging.getLogger(__name__)
 
 _NO_STORE = {b"cache-control": b"no-store"}
+# Requests up to this size remember their response key (by their bytes and the data version).
+_KEYED_BYTES = 4096
 
 
 # --- what a query is ------------------------------------------------------------------------------
@@ -79,6 +81,24 @@ def response_key(shape: QueryShape, variables: Any, operation_name: str | None, 
         "code": CODE_VERSION,  # answers of older code are never served after a deploy
     }
     return digest(parts)
+
+
+class ResponseKeys:
+    """The response key of a request: the same request bytes name the same key on one snapshot, so its digest is
+    worked out once, not on every hit (requests up to _KEYED_BYTES, by method, bytes, data and code version)."""
+
+    def __init__(self) -> None:
+        self._known: LRU[tuple[str, bytes, str, str], str] = LRU(max_entries=2048)
+
+    def of(self, request: GraphQLRequest, scope: Scope, shape: QueryShape, operation: Operation, snapshot: PriceStore) -> str:
+        asked = request.replay_body if request.method == "POST" else scope.get("query_string", b"")
+        remembered = (request.method, asked, snapshot.version, CODE_VERSION) if asked and len(asked) <= _KEYED_BYTES else None
+        key = self._known.get(remembered) if remembered else None
+        if key is None:
+            key = response_key(shape, operation.variables, operation.operation_name, snapshot)
+            if remembered:
+                self._known.put(remembered, key)
+        return key
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -130,6 +150,7 @@ class ResponseCacheApp:
         self.max_entry_bytes = settings.cache_max_entry_bytes
         self.apq_ttl = settings.apq_ttl
         self._persisted = known_queries()
+        self._keys = ResponseKeys()
         self.max_batch = settings.max_batch
         self.ide = settings.graphiql
         self.downstream = DownstreamHeaders.of(settings)
@@ -179,18 +200,18 @@ class ResponseCacheApp:
         except RequestError as refused:
             await send_refusal(send, refused)
             return
-        scope, receive = rewritten(scope, receive, request)
         operation = Operation(request.data["query"], request.data.get("variables"), request.data.get("operationName"))
         note(operation=operation.operation_name)
         if shape is None or not shape.cacheable:
-            await self.app(scope, receive, with_default_headers(send, _NO_STORE))
+            # Only here is the request handed on: a copy of the scope with the persisted query filled in.
+            await self.app(*rewritten(scope, receive, request), with_default_headers(send, _NO_STORE))
             return
         if not self.enabled or self.cache.state is CacheState.DISABLED:
             await self._execute(send, request, operation, await self.service.snapshot())
             return
         feed = self.service.data
         snapshot = feed.current
-        key = response_key(shape, operation.variables, operation.operation_name, snapshot)
+        key = self._keys.of(request, scope, shape, operation, snapshot)
         local = self.raw.local_generations(shape.namespaces)
         if self._view.trusted() and self.cache.state is CacheState.OK:
             viewed = self._viewed(key, local, feed.epoch)
