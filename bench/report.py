@@ -133,7 +133,7 @@ def targets_section(cells: list[Cell], loaded: dict) -> list[str]:
         ("large hit ÷ bare ASGI app, req/s", cell["full", "large"].rps, cell["bare", "large"].rps, ">=", 0.8),
         ("2 workers ÷ 1 worker, small hit req/s", cell["full2", "small"].rps, cell["full", "small"].rps, ">=", 1.6),
         ("2 workers ÷ 1 worker, large hit req/s", cell["full2", "large"].rps, cell["full", "large"].rps, ">=", 1.6),
-        ("hit p99 during cold computations ÷ at rest", percentile(under, 0.99), percentile(rest, 0.99), "<=", 2.0),
+        ("hit p99 during cold computations ÷ at rest, ms", percentile(under, 0.99) * 1000, percentile(rest, 0.99) * 1000, "<=", 2.0),
         ("304 revalidation ÷ small hit, req/s", cell["full", "small 304"].rps, cell["full", "small"].rps, ">=", 1.0),
     ]
     lines = [
