@@ -91,22 +91,12 @@ class DownstreamHeaders:
         self.keys = keys
         self._constant = freshness.cache_control(0, 0) if freshness == Freshness() else None
         # Answers of one query shape name the same fields and, until the data changes, the same version.
-        self._tags = lru_cache(maxsize=256)(self._tag_headers)
         self._encoded = lru_cache(maxsize=256)(self._encode)
 
     def headers(self, fields: tuple[str, ...], data_version: str, expires: float, created: float, now: float, etag: str) -> dict[str, str]:
         """Cache-Control, Age, ETag, Vary and the surrogate keys; `fields`: the answer's cached fields, sorted."""
-        age = max(0, int(now - created))
-        left = max(0, int(expires - now))
-        surrogate, tags = self._tags(fields, data_version)
-        return {
-            "cache-control": self._constant or self.freshness.cache_control(left, age),
-            "age": str(age),
-            "etag": etag,
-            "vary": "Accept-Encoding",
-            "surrogate-key": surrogate,
-            "cache-tag": tags,
-        }
+        encoded = self.encoded(fields, data_version, expires, created, now, etag.encode("latin-1"))
+        return {name.decode("latin-1"): value.decode("latin-1") for name, value in encoded}
 
     def encoded(self, fields: tuple[str, ...], data_version: str, expires: float, created: float, now: float,
                 etag: bytes) -> list[tuple[bytes, bytes]]:
@@ -119,13 +109,9 @@ class DownstreamHeaders:
                 (b"surrogate-key", surrogate), (b"cache-tag", tags)]
 
     def _encode(self, fields: tuple[str, ...], data_version: str) -> tuple[bytes | None, bytes, bytes]:
-        surrogate, tags = self._tags(fields, data_version)
-        constant = self._constant.encode("latin-1") if self._constant else None
-        return constant, surrogate.encode("latin-1"), tags.encode("latin-1")
-
-    def _tag_headers(self, fields: tuple[str, ...], data_version: str) -> tuple[str, str]:
         names = [*(self.keys.field(f) for f in fields), self.keys.data(data_version)]
-        return " ".join(names), ",".join(names)
+        constant = self._constant.encode("latin-1") if self._constant else None
+        return constant, " ".join(names).encode("latin-1"), ",".join(names).encode("latin-1")
 
 
 # --- purging ------------------------------------------------------------------------------------------

@@ -138,8 +138,8 @@ def _direct_handlers() -> list[tuple[logging.StreamHandler, bool]] | None:
 # --- batched writes -------------------------------------------------------------------------------------
 # One write (a system call, which also lets other threads take the GIL) per access line cost a busy server more
 # than building the line: with the log on a file rather than /dev/null a hit took 15 µs more (146 µs; wrk on one
-# `gql serve` worker), and the line as a whole 31 µs; batched, the line costs 13 µs and the file no more than
-# /dev/null. On the event loop, lines wait in `_pending` and go out in one write at the
+# `gql serve` worker); batched, a file costs no more than /dev/null (the line as a whole measured 13-35 µs over
+# HTTP in noisy runs, 31 before). On the event loop, lines wait in `_pending` and go out in one write at the
 # end of the loop's iteration (`call_soon`): under load the lines of every request that ended meanwhile, at
 # rest at once. Any other record through one of our handlers (RequestIdFilter) writes the waiting lines first,
 # so the order of lines stays the order of events; exit writes what is left.

@@ -90,13 +90,9 @@ def deflate_open(raw: bytes) -> bytes:
     return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
-def gzip_body(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> bytes:
-    """A gzip member: the stored deflate stream, then `tail` as a final uncompressed block."""
-    return b"".join(gzip_parts(deflated, crc, raw_length, tail))
-
-
 def gzip_parts(deflated: bytes, crc: int, raw_length: int, tail: bytes) -> tuple[bytes, bytes, bytes]:
-    """`gzip_body` in the pieces it is made of, so that a large stored stream is sent without being copied."""
+    """A gzip member, in the pieces it is made of (so that a large stored stream is sent without being copied):
+    the header, the stored deflate stream, then `tail` as a final uncompressed block and the trailer."""
     stored_block = b"\x01" + struct.pack("<HH", len(tail), 0xFFFF ^ len(tail)) + tail
     trailer = struct.pack("<II", zlib.crc32(tail, crc), (raw_length + len(tail)) & 0xFFFFFFFF)
     return _GZIP_HEADER, deflated, stored_block + trailer

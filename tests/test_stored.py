@@ -14,7 +14,7 @@ import pytest
 from gql.cache import CacheStatus, ResultCache
 from gql.config import Settings
 from gql.schema.report import FieldReport, storable
-from gql.stored import DEFLATE, RAW, StoredResponse, body_tail, deflate_open, gzip_body, write
+from gql.stored import DEFLATE, RAW, StoredResponse, body_tail, deflate_open, gzip_parts, write
 
 PREFIX = b'{"data":' + orjson.dumps({"yieldThisYear": [{"code": "HSI", "yieldPct": 1.25, "name": "恒生指数"}] * 200})
 
@@ -89,13 +89,13 @@ def test_deflate_open_is_raw_deflate_of_the_body_left_open_on_a_byte_boundary():
 @pytest.mark.parametrize("tail", [b"}", b',"extensions":{"cache":[],"dataVersion":"v"}}', b"x" * 60_000])
 def test_gzip_body_decompresses_with_gzip_to_the_body_and_its_tail(tail):
     stored = StoredResponse(etag="e", fields=(), raw=PREFIX).compressed()
-    body = gzip_body(stored.deflated, stored.crc, len(stored.raw), tail)
+    body = b"".join(gzip_parts(stored.deflated, stored.crc, len(stored.raw), tail))
     assert gzip.decompress(body) == PREFIX + tail  # gzip checks the CRC and the length too
     assert body[:3] == b"\x1f\x8b\x08"
 
 
 def test_gzip_body_of_an_empty_body():
-    assert gzip.decompress(gzip_body(deflate_open(b""), zlib.crc32(b""), 0, b'{"data":null}')) == b'{"data":null}'
+    assert gzip.decompress(b"".join(gzip_parts(deflate_open(b""), zlib.crc32(b""), 0, b'{"data":null}'))) == b'{"data":null}'
 
 
 def test_compressed_adds_the_deflate_stream_and_crc_once():
@@ -131,7 +131,7 @@ async def test_a_written_answer_reads_back_through_meta_as_the_same_answer(cache
     assert parsed["generations"] == generations
     back = StoredResponse.from_meta(parsed, raw, deflated)
     assert back == stored
-    assert gzip.decompress(gzip_body(back.deflated, back.crc, len(back.raw), b"}")) == PREFIX + b"}"
+    assert gzip.decompress(b"".join(gzip_parts(back.deflated, back.crc, len(back.raw), b"}"))) == PREFIX + b"}"
 
 
 @pytest.mark.anyio
@@ -162,5 +162,5 @@ async def test_a_stored_answer_lives_as_long_as_its_shortest_field(cache, redis_
 def test_gzip_splice_round_trips():
     prefix = b'{"data":' + orjson.dumps({"x": list(range(5000))})
     tail = b',"extensions":{"cache":[]}}'
-    body = gzip_body(deflate_open(prefix), __import__("zlib").crc32(prefix), len(prefix), tail)
+    body = b"".join(gzip_parts(deflate_open(prefix), __import__("zlib").crc32(prefix), len(prefix), tail))
     assert gzip.decompress(body) == prefix + tail
